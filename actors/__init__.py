@@ -1,0 +1,1 @@
+"""Ray actors and Serve deployments: the running units of Myriad Cluster."""

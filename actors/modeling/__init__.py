@@ -1,0 +1,1 @@
+"""Plain-torch model parts shared by serving and training (no Ray, Kafka or DeepSpeed)."""

@@ -1,0 +1,1 @@
+"""The Serve application builder, resources/pools, runtime and the `myriad` CLI."""

@@ -1,0 +1,128 @@
+"""The one configuration schema. Every model part is built only from its section here.
+
+Unknown keys and bad values are rejected at load (``extra="forbid"``); the loader turns
+pydantic's errors into messages that name the dotted key (``expert.coreset_ratio``).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# The LMM's sections build on Strict, so they are imported once it exists.
+from configs.model_schema import ModelConfig  # noqa: E402
+
+
+class BackboneKind(str, enum.Enum):
+    """Feature extractor of the PatchCore expert."""
+
+    tiny_cnn = "tiny_cnn"  # random-init 3-stage CNN, unit tests only
+    tf_efficientnet_lite0 = "tf_efficientnet_lite0"  # packaged ImageNet weights (`small`)
+    wide_resnet50_2 = "wide_resnet50_2"  # `paper`; weights from a local directory
+
+
+class IndexKind(str, enum.Enum):
+    """FAISS index holding the memory bank."""
+
+    flat = "flat"  # exact L2
+    ivf = "ivf"  # IndexIVFFlat (approximate, nprobe)
+    hnsw = "hnsw"  # IndexHNSWFlat (approximate, ef_search)
+
+
+class BackboneConfig(Strict):
+    kind: BackboneKind
+    # timm `out_indices` of the feature stages used (PatchCore: mid-level stages).
+    layers: tuple[int, ...] = Field(min_length=1)
+    # Tiny CNN width; ignored by pretrained backbones.
+    tiny_width: int = Field(default=16, ge=4, le=256)
+
+    @field_validator("layers")
+    @classmethod
+    def _sorted_unique(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if list(v) != sorted(set(v)) or min(v) < 0:
+            raise ValueError("layers must be distinct, increasing, non-negative stage indices")
+        return v
+
+
+class IndexConfig(Strict):
+    kind: IndexKind = IndexKind.flat
+    ivf_nlist: int = Field(default=256, ge=1)
+    ivf_nprobe: int = Field(default=8, ge=1)
+    hnsw_m: int = Field(default=32, ge=4, le=256)
+    hnsw_ef_search: int = Field(default=64, ge=1)
+    hnsw_ef_construction: int = Field(default=80, ge=1)
+    # "auto" uses a FAISS GPU index when faiss was built with CUDA and a GPU is visible.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ExpertConfig(Strict):
+    """PatchCore vision expert (DESIGN.md 2.1)."""
+
+    backbone: BackboneConfig
+    image_size: int = Field(default=224, ge=32, le=1024)
+    # Local neighbourhood aggregation (PatchCore's 3x3 patch neighbourhood).
+    neighbourhood: int = Field(default=3, ge=1, le=7)
+    # Channel dimension each patch feature is pooled to (None keeps all channels).
+    feature_dim: int | None = Field(default=None, ge=8)
+    coreset_ratio: float = Field(default=0.1, gt=0.0, le=1.0)
+    coreset_projection_dim: int = Field(default=128, ge=0)  # 0: no random projection
+    num_neighbours: int = Field(default=1, ge=1, le=16)  # k for the patch score
+    gaussian_sigma: float = Field(default=4.0, ge=0.0)
+    shards: int = Field(default=1, ge=1, le=64)
+    index: IndexConfig = IndexConfig()
+    batch_size: int = Field(default=8, ge=1)
+    # Fraction of train/good held out to calibrate the decision threshold.
+    calibration_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    # Decision threshold = max(calibration scores) * threshold_margin.
+    threshold_margin: float = Field(default=1.0, gt=0.0)
+    # Decompression-bomb guard: images above this many pixels are refused before decode.
+    max_image_pixels: int = Field(default=64_000_000, ge=1024)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _odd_neighbourhood(self) -> "ExpertConfig":
+        if self.neighbourhood % 2 == 0:
+            raise ValueError("neighbourhood must be odd (it is centred on the patch)")
+        return self
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MYRIAD_HOME", ".myriad")).expanduser()
+
+
+class PathsConfig(Strict):
+    """Where prepared weights, banks and models live (all outside the repo's tracked files)."""
+
+    home: Path = Field(default_factory=default_home)
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.home / "weights"
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        # Resolved once at load so Ray workers with another cwd see the same directory.
+        return v.expanduser().resolve()
+
+
+class MyriadClusterConfig(Strict):
+    """Root of the configuration tree."""
+
+    preset: str = Field(pattern=r"^[a-z0-9_\-]+$")
+    paths: PathsConfig = PathsConfig()
+    expert: ExpertConfig
+    # The Myriad LMM (DESIGN.md 2); None where only the expert is configured.
+    model: ModelConfig | None = None

@@ -1,0 +1,121 @@
+"""Fit a PatchCore memory bank from normal images (few-shot works the same way).
+
+Features of every normal patch -> greedy coreset -> FAISS index -> threshold calibrated on
+held-out normal images -> a bank directory (``actors.modeling.bank``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from actors.modeling.bank import BankMeta, save_bank
+from actors.modeling.coreset import greedy_coreset
+from actors.modeling.errors import DatasetError
+from actors.modeling.knn import MemoryIndex
+from actors.modeling.patchcore import PatchCore
+from actors.modeling.preprocess import to_batch
+from configs.schema import ExpertConfig
+from training.mvtec import batched, iter_images
+
+log = logging.getLogger(__name__)
+
+
+def split_calibration(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Hold out ``fraction`` of the normal images (at least one when there are >= 5)."""
+    n_cal = int(len(paths) * fraction)
+    if n_cal == 0 and fraction > 0 and len(paths) >= 5:
+        n_cal = 1
+    order = np.random.default_rng(seed).permutation(len(paths))
+    cal = sorted(paths[i] for i in order[:n_cal])
+    fit = sorted(paths[i] for i in order[n_cal:])
+    return fit, cal
+
+
+def extract(
+    expert: PatchCore, paths: list[Path], skipped: list[dict], desc: str, progress: bool = True
+) -> tuple[list[Path], list[torch.Tensor]]:
+    """Patch features (b, h, w, D) per batch for readable images; unreadable ones skipped."""
+    cfg = expert.cfg
+    mean, std = expert.mean_std
+    used, feats = [], []
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+    for batch in batched(iter_images(paths, cfg.max_image_pixels, skipped), cfg.batch_size):
+        x = to_batch([img for _, img in batch], cfg.image_size, mean, std)
+        feats.append(expert.embed(x))
+        used.extend(p for p, _ in batch)
+        bar.update(len(batch))
+    bar.update(len(paths) - bar.n)
+    bar.close()
+    return used, feats
+
+
+def fit_bank(
+    cfg: ExpertConfig,
+    weights_dir: Path | None,
+    paths: list[Path],
+    out: Path,
+    category: str = "",
+    progress: bool = True,
+) -> tuple[PatchCore, BankMeta]:
+    """Fit a bank on normal images ``paths`` and save it to ``out``; returns the expert."""
+    t0 = time.perf_counter()
+    if not paths:
+        raise DatasetError("no normal images to fit the expert on")
+    fit_paths, cal_paths = split_calibration(paths, cfg.calibration_fraction, cfg.seed)
+    expert = PatchCore(cfg, weights_dir)
+    skipped: list[dict] = []
+    used, feats = extract(expert, fit_paths, skipped, "features", progress)
+    if not used:
+        raise DatasetError(f"none of the {len(fit_paths)} normal images could be read; see the warnings")
+    patches = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats])  # (N, D)
+    n_select = max(1, int(round(len(patches) * cfg.coreset_ratio)))
+    t_core = time.perf_counter()
+    idx = greedy_coreset(patches, n_select, cfg.coreset_projection_dim, seed=cfg.seed)
+    vectors = patches[idx].numpy()
+    coreset_s = time.perf_counter() - t_core
+    expert.searcher = MemoryIndex.build(vectors, cfg.index)
+    fit_seconds = time.perf_counter() - t0
+
+    # Decision threshold: the highest score among held-out normal images (x margin). With
+    # too few images to hold any out (few-shot), the fit images are scored instead; they
+    # sit closer to the bank, so the source is recorded and the margin matters more.
+    cal_used, cal_scores = [], []
+    source = "held_out"
+    if not cal_paths:
+        cal_paths, source = used, "fit_images"
+    mean, std = expert.mean_std
+    for batch in batched(iter_images(cal_paths, cfg.max_image_pixels, skipped), cfg.batch_size):
+        out_ = expert.predict(to_batch([im for _, im in batch], cfg.image_size, mean, std))
+        cal_scores.extend(float(s) for s in out_.scores)
+        cal_used.extend(str(p) for p, _ in batch)
+    if not cal_scores:
+        raise DatasetError("no calibration image could be read")
+    threshold = max(cal_scores) * cfg.threshold_margin
+    meta = BankMeta(
+        category=category,
+        dim=int(vectors.shape[1]),
+        size=int(vectors.shape[0]),
+        threshold=float(threshold),
+        expert=cfg.model_dump(mode="json"),
+        calibration={"source": source, "images": cal_used, "scores": cal_scores},
+        fit={
+            "images": len(used),
+            "patches": int(len(patches)),
+            "coreset_seconds": round(coreset_s, 3),
+            "fit_seconds": round(fit_seconds, 3),
+            "skipped": skipped,
+        },
+    )
+    save_bank(Path(out), vectors, meta, cfg)
+    log.info(
+        "bank %s: %d images -> %d patches -> %d in coreset (%.1fs), threshold %.4f",
+        out, len(used), len(patches), len(vectors), fit_seconds, threshold,
+    )
+    expert.timings.reset()
+    return expert, meta
