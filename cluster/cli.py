@@ -16,7 +16,13 @@ import sys
 from configs import ConfigError
 
 # Command modules, in help order. A module registers its sub-commands with argparse.
-COMMAND_MODULES = ("cluster.cmd_weights", "cluster.cmd_data", "cluster.cmd_expert", "cluster.cmd_bench")
+COMMAND_MODULES = (
+    "cluster.cmd_demo",
+    "cluster.cmd_weights",
+    "cluster.cmd_data",
+    "cluster.cmd_expert",
+    "cluster.cmd_bench",
+)
 OPTIONAL_COMMAND_MODULES = ("cluster.cmd_ask",)
 
 
@@ -59,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -30,9 +30,11 @@ class TinyCNN(nn.Module):
             for i in range(4)
         )
         with torch.no_grad():  # deterministic init independent of the global RNG
-            for p in self.parameters():
+            for p in self.parameters():  # every tensor: biases too (the global RNG is not ours)
                 if p.dim() > 1:
                     p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
         self.channels_all = chans[1:]
         self.strides_all = [2, 4, 8, 16]
 

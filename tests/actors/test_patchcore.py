@@ -1,0 +1,129 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from actors.modeling.bank import open_bank, read_meta
+from actors.modeling.errors import BankError, DatasetError
+from actors.modeling.patchcore import PatchCore, gaussian_blur, normalized_map
+from configs import load_config
+from training.evaluate import expert_metrics, predict_category
+from training.memory_bank import fit_bank
+from training.mvtec import open_category
+
+
+def test_embed_shapes(tiny_cfg):
+    import torch
+
+    expert = PatchCore(tiny_cfg.expert, None)
+    emb = expert.embed(torch.zeros(2, 3, 64, 64))
+    assert emb.shape == (2, 16, 16, 32)  # stride 4 of 64 px; feature_dim 32
+    with pytest.raises(ValueError, match="empty image batch"):
+        expert.embed(torch.zeros(0, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"\(B, 3, S, S\)"):
+        expert.embed(torch.zeros(2, 4, 64, 64))
+
+
+def test_gaussian_blur_preserves_mass_and_shape():
+    import torch
+
+    x = torch.zeros(1, 1, 33, 33)
+    x[0, 0, 16, 16] = 1.0
+    y = gaussian_blur(x, 2.0)
+    assert y.shape == x.shape and abs(float(y.sum()) - 1.0) < 1e-4
+    assert float(y[0, 0, 16, 16]) == float(y.max())
+
+
+def test_fit_predict_finds_the_defect(tiny_cfg, tiny_dataset, tiny_bank):
+    expert, meta = open_bank(tiny_bank, tiny_cfg.expert, None)
+    assert meta.size == round(meta.fit["patches"] * tiny_cfg.expert.coreset_ratio)
+    pred = predict_category(expert, open_category(tiny_dataset, "stripes"), progress=False)
+    metrics = expert_metrics(pred, meta.threshold)
+    assert metrics["image_auroc"] == 1.0
+    assert metrics["pixel_auroc"] > 0.9
+    assert metrics["pro"] > 0.5
+    assert pred.maps.shape == (8, 64, 64)
+    # the map peaks inside the defect for every anomalous image
+    for amap, mask, label in zip(pred.maps, pred.masks, pred.labels):
+        if label:
+            assert mask.reshape(-1)[amap.argmax()]
+
+
+def test_bank_roundtrip_is_identical(tiny_cfg, tiny_dataset, tiny_bank):
+    import torch
+
+    expert, _ = open_bank(tiny_bank, tiny_cfg.expert, None)
+    sharded, _ = open_bank(tiny_bank, tiny_cfg.expert.model_copy(update={"shards": 3}), None)
+    x = torch.randn(3, 3, 64, 64)
+    a, b = expert.predict(x), sharded.predict(x)
+    assert np.array_equal(a.scores, b.scores) and np.array_equal(a.anomaly_maps, b.anomaly_maps)
+
+
+def test_incompatible_bank_is_refused(tiny_bank):
+    cfg = load_config("tiny", ["expert.backbone.layers=[0, 1]"])
+    with pytest.raises(BankError, match=r"expert.backbone: bank .* config"):
+        open_bank(tiny_bank, cfg.expert, None)
+
+
+def test_bank_version_and_garbage(tiny_bank, tmp_path, tiny_cfg):
+    bad = tmp_path / "bank"
+    shutil.copytree(tiny_bank, bad)
+    meta = json.loads((bad / "bank.json").read_text())
+    meta["version"] = 99
+    (bad / "bank.json").write_text(json.dumps(meta))
+    with pytest.raises(BankError, match="version 99"):
+        read_meta(bad)
+    with pytest.raises(BankError, match="not a memory bank"):
+        open_bank(tmp_path, tiny_cfg.expert, None)
+
+
+def test_few_shot_and_unreadable_files(tiny_cfg, tiny_dataset, tmp_path):
+    good = open_category(tiny_dataset, "stripes").train_good()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good[0].read_bytes()[:200])
+    expert, meta = fit_bank(tiny_cfg.expert, None, [good[0], broken, truncated], tmp_path / "b", progress=False)
+    assert meta.fit["images"] == 1
+    assert {s["reason"] for s in meta.fit["skipped"]} == {"empty", "truncated"}
+    assert meta.calibration["source"] == "fit_images" and meta.threshold > 0
+
+
+def test_empty_train_folder(tmp_path):
+    (tmp_path / "c" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no images"):
+        open_category(tmp_path, "c").train_good()
+    with pytest.raises(DatasetError, match="category 'x' not found"):
+        open_category(tmp_path, "x")
+
+
+def test_all_images_unreadable(tiny_cfg, tmp_path):
+    bad = tmp_path / "x.png"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="none of the 1 normal images"):
+        fit_bank(tiny_cfg.expert, None, [bad], tmp_path / "b", progress=False)
+
+
+def test_normalized_map():
+    m = normalized_map(np.array([0.0, 1.0, 2.0, 5.0]), threshold=1.0)
+    assert m.tolist() == [0.0, 0.5, 1.0, 1.0]
+    with pytest.raises(ValueError):
+        normalized_map(np.zeros(2), 0.0)
+
+
+def test_grayscale_and_palette_inputs_score(tiny_cfg, tiny_bank, tmp_path):
+    import torch  # noqa: F401
+
+    from actors.modeling.preprocess import decode_image, to_batch
+
+    expert, _ = open_bank(tiny_bank, tiny_cfg.expert, None)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8))
+    sixteen = Image.fromarray((np.asarray(img).astype(np.uint16) * 257))
+    for name, pic in (("L", img), ("P", img.convert("P")), ("I16", sixteen)):
+        path = tmp_path / f"{name}.png"
+        pic.save(path)
+        arr = decode_image(path)
+        out = expert.predict(to_batch([arr], 64, *expert.mean_std))
+        assert np.isfinite(out.scores).all()
