@@ -15,6 +15,11 @@ Layout (per category)::
     <out>/<category>/ground_truth/<kind>/000_mask.png      # 0 / 255 uint8
     <out>/manifest.json
 
+Test defects are meant to be visible to an inspector at the crop's resolution: cut-paste
+defects paste *foreign material* (a crop of another texture photo; the same texture pasted on
+itself is not a defect anyone could see on grass or gravel), and scratches are 5-7 px wide
+(``BENCH_CONFIG``). Training-data synthesis may use subtler settings.
+
 Same seed, same arguments -> byte-identical files. Each category draws from its own seed
 stream, so building a subset of categories writes the same files for those categories.
 
@@ -40,7 +45,6 @@ from tqdm import tqdm
 
 from actors.modeling.grid import GRID_LABELS
 from training.anomaly_synthesis import (
-    DEFAULT_CONFIG,
     DEFECT_KINDS,
     GENERATORS,
     SynthConfig,
@@ -65,6 +69,12 @@ TINTS: dict[str, tuple[float, float, float]] = {
     "gravel": (1.0, 0.96, 0.88),
 }
 """Per-channel gains that colour each grayscale photo (max gain 1, so nothing clips)."""
+
+FOREIGN: dict[str, str] = {"brick": "gravel", "grass": "brick", "gravel": "grass"}
+"""Which photo supplies the foreign material pasted by cut-paste defects."""
+
+BENCH_CONFIG = SynthConfig(scratch_radius_range=(2, 3))
+"""Benchmark defect settings: scratches 5-7 px wide on 256 px crops."""
 
 _SPLIT_CODES = {"train": 0, "test_good": 1, "test_defect": 2, "paste_source": 3, "cells": 4}
 
@@ -142,6 +152,12 @@ class _CategoryBuilder:
         self.tint = TINTS.get(category, (1.0, 1.0, 1.0)) if tint else None
         self.images: list[dict[str, Any]] = []
 
+    def _foreign(self, index: int) -> np.ndarray:
+        other = FOREIGN.get(self.category, next(p for p in PHOTOS if p != self.category))
+        rng = _rng(self.seed, self.category, "paste_source", index)
+        gray, _ = _crop(load_photo(other), self.test_rows, self.size, rng)
+        return _to_rgb(gray, TINTS.get(other, (1.0, 1.0, 1.0)) if self.tint else None)
+
     def _good(self, split: str, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         rows = self.train_rows if split == "train" else self.test_rows
         rng = _rng(self.seed, self.category, split, index)
@@ -178,9 +194,8 @@ class _CategoryBuilder:
             row, col = divmod(int(cells[i % len(cells)]), 3)
             center = ((row + rng.uniform()) * self.size / 3, (col + rng.uniform()) * self.size / 3)
             kwargs: dict[str, Any] = {"config": self.config, "center": center}
-            if kind == "cut_paste":  # paste from another held-out crop of the same photo
-                src, _ = self._good("paste_source", i)
-                kwargs["source"] = src
+            if kind == "cut_paste":  # foreign material: a held-out crop of another photo
+                kwargs["source"] = self._foreign(i)
             res = GENERATORS[kind](rgb, rng, **kwargs)
             j = per_kind[kind]
             per_kind[kind] += 1
@@ -222,7 +237,7 @@ def build_textures(
     n_test_defect: int = 30,
     kinds: Sequence[str] = DEFECT_KINDS,
     tint: bool = True,
-    config: SynthConfig = DEFAULT_CONFIG,
+    config: SynthConfig = BENCH_CONFIG,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the real-texture benchmark under ``out`` (MVTec AD layout) and return a summary.

@@ -138,13 +138,7 @@ def load_state_dict(weights_dir: Path, name: str, file: str = "model.safetensors
     return load_file(str(weights_path(weights_dir, name) / file))
 
 
-def _register_lmm() -> None:
-    # The LMM's preparers live in their own module; imported here (after PREPARERS and
-    # register exist) so `prepare` knows every name without an import cycle.
-    from actors.modeling.weights_lmm import PREPARERS_LMM
 
-    for preparer in PREPARERS_LMM:
-        register(preparer)
-
-
-_register_lmm()
+# The LMM's preparers live in their own module, which registers them on import; imported
+# here, after PREPARERS and register exist, so `prepare` always knows every name.
+import actors.modeling.weights_lmm  # noqa: E402,F401
