@@ -132,6 +132,33 @@ def _mm_inputs(model, x, m, text) -> dict:
     return {"inputs_embeds": emb, "attention_mask": torch.ones(emb.shape[:2], dtype=torch.long)}
 
 
+def register_bench(bsub) -> None:
+    """``myriad bench model``: parameter counts, forward+backward, generate vs plain LLM."""
+    from pathlib import Path
+
+    from cluster.cli import add_config_args
+
+    p = bsub.add_parser("model", help="Myriad LMM: params, fwd+bwd, generate tokens/s vs plain LLM")
+    add_config_args(p)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(handler=_run_cli)
+
+
+def _run_cli(args) -> int:
+    from cluster.cli import config_from_args
+
+    result = run_model_bench(config_from_args(args), args.tokens, args.repeats, args.threads)
+    text = json.dumps(result, indent=2, default=float)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from configs import load_config
 

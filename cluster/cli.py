@@ -23,7 +23,13 @@ COMMAND_MODULES = (
     "cluster.cmd_expert",
     "cluster.cmd_bench",
 )
-OPTIONAL_COMMAND_MODULES = ("cluster.cmd_ask",)
+# Modules of later features register themselves when present.
+OPTIONAL_COMMAND_MODULES = (
+    "cluster.cmd_ask",
+    "cluster.cmd_train",
+    "cluster.cmd_serve",
+    "cluster.cmd_streams",
+)
 
 
 class UserError(RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from pathlib import Path
 
@@ -18,6 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--category", required=True)
     ex.add_argument("--json", type=Path, default=None)
     ex.set_defaults(handler=run_expert_bench)
+    # Other benchmarks live beside what they measure: each module's register_bench(bsub).
+    for name in BENCH_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register_bench(bsub)
+
+
+BENCH_MODULES = ("cluster.bench_model", "cluster.bench_train", "cluster.bench_serve", "cluster.bench_stream")
 
 
 KEYS = ("image_auroc", "pixel_auroc", "pro", "fit_seconds", "images_per_second", "peak_memory_mb", "search_share")

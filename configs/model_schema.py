@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from configs.schema import Strict
+from configs.schema_base import Strict
 
 
 class VisionKind(str, enum.Enum):

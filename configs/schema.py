@@ -11,17 +11,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from configs.model_schema import ModelConfig
+from configs.schema_base import Strict
+from configs.serve_schema import ServeConfig
+from configs.streams_schema import StreamsConfig
+from configs.train_schema import TrainConfig
 
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-# The LMM's sections build on Strict, so they are imported once it exists.
-from configs.model_schema import ModelConfig  # noqa: E402
+__all__ = ["Strict"]  # re-exported for the section modules
 
 
 class BackboneKind(str, enum.Enum):
@@ -126,3 +124,9 @@ class MyriadClusterConfig(Strict):
     expert: ExpertConfig
     # The Myriad LMM (DESIGN.md 2); None where only the expert is configured.
     model: ModelConfig | None = None
+    # Ray Train instruction tuning (DESIGN.md 6).
+    train: TrainConfig | None = None
+    # Ray Serve application: deployments, pools, autoscaling, HTTP (DESIGN.md 5).
+    serve: ServeConfig | None = None
+    # Kafka camera streams: lines, topics, consumers, archive (DESIGN.md 4).
+    streams: StreamsConfig | None = None
