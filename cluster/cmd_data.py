@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tex.add_argument("--seed", type=int, default=0)
     tex.add_argument("--categories", nargs="+", default=None, help="default: brick grass gravel")
     tex.set_defaults(handler=run_textures)
+    from cluster.cmd_train import register_data_instructions
+
+    register_data_instructions(dsub)
 
 
 def run_textures(args: argparse.Namespace) -> int:

@@ -32,7 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from actors.modeling import weights
     from actors.modeling.bank import open_bank
-    from actors.modeling.patchcore import normalized_map
     from actors.modeling.preprocess import decode_image, resize_rgb
     from cluster.report import write_report
     from training.evaluate import expert_metrics, predict_category, search_share
@@ -72,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> int:
             verdict = "NG" if pred.scores[j] > meta.threshold else "OK"
             truth = "defect" if pred.labels[j] else "good"
             caption = f"{Path(pred.paths[j]).parent.name}/{Path(pred.paths[j]).name}: {verdict} score {pred.scores[j]:.2f} (truth: {truth})"
-            figures.append((caption, rgb, normalized_map(pred.maps[j], meta.threshold)))
+            figures.append((caption, rgb, meta.normalize(pred.maps[j])))
         sections.append({"title": f"line {name}", "metrics": metrics, "figures": figures})
     report = write_report(out / "report.html", "Myriad Cluster demo: vision experts", sections)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -75,14 +75,13 @@ def run_predict(args: argparse.Namespace) -> int:
     from actors.modeling.bank import open_bank
     from actors.modeling.errors import ImageDecodeError
     from actors.modeling.overlay import side_by_side
-    from actors.modeling.patchcore import normalized_map
     from actors.modeling.preprocess import decode_image, resize_rgb, to_batch
 
     cfg = config_from_args(args)
     expert, meta = open_bank(args.bank, cfg.expert, cfg.paths.weights_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     mean, std = expert.mean_std
-    results, failed = [], []
+    results, failed, used_names = [], [], set()
     for path in args.images:
         try:
             image = decode_image(path, max_pixels=cfg.expert.max_image_pixels)
@@ -93,10 +92,10 @@ def run_predict(args: argparse.Namespace) -> int:
         out = expert.predict(to_batch([image], cfg.expert.image_size, mean, std))
         score = float(out.scores[0])
         verdict = "NG" if score > meta.threshold else "OK"
-        norm = normalized_map(out.anomaly_maps[0], meta.threshold)
+        norm = meta.normalize(out.anomaly_maps[0])
         shown = resize_rgb(image, max(cfg.expert.image_size, 256))
         picture = side_by_side(shown, norm, label=f"{verdict} score {score:.3f} (thr {meta.threshold:.3f})")
-        target = args.out / f"{path.stem}_overlay.png"
+        target = args.out / f"{_unique_name(path, used_names)}_overlay.png"
         from PIL import Image
 
         Image.fromarray(picture).save(target)
@@ -107,6 +106,19 @@ def run_predict(args: argparse.Namespace) -> int:
     if not results:
         raise UserError("no input image could be read")
     return 0
+
+
+def _unique_name(path: Path, used: set[str]) -> str:
+    """``stem``, or ``parent_stem`` (then a counter) when another input had the same stem."""
+    name = path.stem
+    if name in used:
+        name = f"{path.parent.name}_{path.stem}"
+    base, n = name, 1
+    while name in used:
+        n += 1
+        name = f"{base}_{n}"
+    used.add(name)
+    return name
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -40,6 +40,31 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
     return data
 
 
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_extends(data: dict[str, Any], path: Path | None, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``extends: <preset or YAML path>``: the file's keys deep-merged over its base's."""
+    base_ref = data.pop("extends", None)
+    if base_ref is None:
+        return data
+    if not isinstance(base_ref, str):
+        raise ConfigError(f"{path}: `extends` must be a preset name or a YAML path")
+    ref = Path(base_ref)
+    if ref.suffix and not ref.is_absolute() and path is not None:
+        ref = path.parent / ref
+    key = str(ref.resolve()) if ref.suffix else base_ref
+    if key in seen:
+        raise ConfigError(f"{path}: `extends` cycle through {base_ref!r}")
+    base = _read_yaml(ref if ref.suffix else base_ref)
+    base = _resolve_extends(base, ref if ref.suffix else PRESET_DIR / f"{base_ref}.yaml", (*seen, key))
+    return _deep_merge(base, data)
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to nested ``data`` in place."""
     if "=" not in override:
@@ -81,6 +106,8 @@ def load_config(
         data, origin = dict(source), "mapping"
     else:
         data, origin = _read_yaml(source), str(source)
+        path = Path(source) if Path(source).suffix else PRESET_DIR / f"{source}.yaml"
+        data = _resolve_extends(data, path)
     for override in overrides:
         apply_override(data, override)
     try:

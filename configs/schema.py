@@ -71,6 +71,9 @@ class ExpertConfig(Strict):
     image_size: int = Field(default=224, ge=32, le=1024)
     # Local neighbourhood aggregation (PatchCore's 3x3 patch neighbourhood).
     neighbourhood: int = Field(default=3, ge=1, le=7)
+    # Pixels of mirrored border added before the backbone (a multiple of the coarsest
+    # stage's stride); border patches then see a plausible surround, not zero padding.
+    border_padding: int = Field(default=0, ge=0, le=128)
     # Channel dimension each patch feature is pooled to (None keeps all channels).
     feature_dim: int | None = Field(default=None, ge=8)
     coreset_ratio: float = Field(default=0.1, gt=0.0, le=1.0)
@@ -93,6 +96,8 @@ class ExpertConfig(Strict):
     def _odd_neighbourhood(self) -> "ExpertConfig":
         if self.neighbourhood % 2 == 0:
             raise ValueError("neighbourhood must be odd (it is centred on the patch)")
+        if self.border_padding % 32:
+            raise ValueError("border_padding must be a multiple of 32 (the coarsest stride)")
         return self
 
 

@@ -88,3 +88,12 @@ def tiny_bank(tiny_cfg, tiny_dataset, tmp_path_factory) -> Path:
     paths = open_category(tiny_dataset, "stripes").train_good()
     fit_bank(tiny_cfg.expert, tiny_cfg.paths.weights_dir, paths, out, "stripes", progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """The embedded Tansu broker (streams/broker.py), one per session, stopped at the end."""
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker

@@ -85,7 +85,7 @@ def fit_bank(
     # Decision threshold: the highest score among held-out normal images (x margin). With
     # too few images to hold any out (few-shot), the fit images are scored instead; they
     # sit closer to the bank, so the source is recorded and the margin matters more.
-    cal_used, cal_scores = [], []
+    cal_used, cal_scores, cal_patches = [], [], []
     source = "held_out"
     if not cal_paths:
         cal_paths, source = used, "fit_images"
@@ -93,15 +93,19 @@ def fit_bank(
     for batch in batched(iter_images(cal_paths, cfg.max_image_pixels, skipped), cfg.batch_size):
         out_ = expert.predict(to_batch([im for _, im in batch], cfg.image_size, mean, std))
         cal_scores.extend(float(s) for s in out_.scores)
+        cal_patches.append(out_.anomaly_maps.reshape(-1)[:: 7])  # a subsample of map values
         cal_used.extend(str(p) for p, _ in batch)
     if not cal_scores:
         raise DatasetError("no calibration image could be read")
     threshold = max(cal_scores) * cfg.threshold_margin
+    # The typical normal map value: ``BankMeta.normalize`` maps it to 0 and the threshold to 0.5.
+    normal_level = min(float(np.median(np.concatenate(cal_patches))), 0.9 * threshold)
     meta = BankMeta(
         category=category,
         dim=int(vectors.shape[1]),
         size=int(vectors.shape[0]),
         threshold=float(threshold),
+        normal_level=normal_level,
         expert=cfg.model_dump(mode="json"),
         calibration={"source": source, "images": cal_used, "scores": cal_scores},
         fit={

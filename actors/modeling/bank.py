@@ -24,13 +24,13 @@ from safetensors.torch import save_file
 
 from actors.modeling.errors import BankError
 from actors.modeling.knn import MemoryIndex, ShardedIndex
-from actors.modeling.patchcore import PatchCore
+from actors.modeling.patchcore import PatchCore, normalized_map
 from configs.schema import ExpertConfig
 
 BANK_FORMAT = "myriad-patchcore-bank"
 BANK_VERSION = 1
 # Config keys that change what a feature vector means: a bank is only valid under them.
-FEATURE_KEYS = ("backbone", "image_size", "neighbourhood", "feature_dim", "seed")
+FEATURE_KEYS = ("backbone", "image_size", "neighbourhood", "feature_dim", "seed", "border_padding")
 
 
 @dataclass
@@ -40,10 +40,15 @@ class BankMeta:
     size: int
     threshold: float
     expert: dict  # ExpertConfig as JSON
+    normal_level: float = 0.0  # median anomaly-map value on held-out normal images
     calibration: dict = field(default_factory=dict)  # {"source": ..., "scores": [...]}
     fit: dict = field(default_factory=dict)  # images, patches, seconds, skipped files
     format: str = BANK_FORMAT
     version: int = BANK_VERSION
+
+    def normalize(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """Anomaly map -> [0, 1] for the LMM and overlays: normal level 0, threshold 0.5."""
+        return normalized_map(anomaly_map, self.threshold, self.normal_level)
 
 
 def feature_signature(cfg: ExpertConfig) -> dict:

@@ -171,10 +171,23 @@ class MyriadModel(nn.Module):
         max_new_tokens: int | None = None,
     ) -> list[Answer]:
         """Greedy answers, one per image; only the new tokens are decoded."""
-        max_new = max_new_tokens or self.config.max_new_tokens
         if len(questions) != pixel_values.shape[0]:
             raise ModelInputError(f"{pixel_values.shape[0]} images but {len(questions)} questions")
-        visual = self.encode(pixel_values, maps).joined()
+        return self.generate_from_visual(self.encode(pixel_values, maps).joined(), questions, max_new_tokens)
+
+    @torch.no_grad()
+    def generate_from_visual(
+        self, visual: torch.Tensor, questions: list[str | None], max_new_tokens: int | None = None,
+    ) -> list[Answer]:
+        """Greedy answers from visual tokens (B, V, D_llm) already encoded (``encode().joined()``).
+
+        Serving splits the model here: the encoder deployment runs ``encode``, the LLM
+        deployment (possibly tensor-parallel) runs this.
+        """
+        max_new = max_new_tokens or self.config.max_new_tokens
+        if visual.ndim != 3 or visual.shape[0] != len(questions) or visual.shape[2] != self.config.llm.hidden_size:
+            raise ModelInputError(
+                f"visual tokens must be ({len(questions)}, V, {self.config.llm.hidden_size}), got {tuple(visual.shape)}")
         batch = self.encode_text(questions)
         lengths = batch.text_mask.sum(1).tolist()
         if self.context_used(max(lengths)) + max_new > self.config.llm.max_position_embeddings:

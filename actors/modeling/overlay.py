@@ -33,9 +33,10 @@ def colormap(values: np.ndarray) -> np.ndarray:
 def overlay(image: np.ndarray, norm_map: np.ndarray, alpha: float = 0.45, label: str | None = None) -> np.ndarray:
     """Blend a [0, 1] map (h, w) over an RGB uint8 image (H, W, 3); optional caption."""
     h, w = image.shape[:2]
-    heat = colormap(resize_map(norm_map.astype(np.float32), h, w)).astype(np.float32)
-    # Weight the heat by the map so normal regions stay readable.
-    weight = alpha * np.clip(resize_map(norm_map.astype(np.float32), h, w), 0.15, 1.0)[..., None]
+    values = np.clip(resize_map(norm_map.astype(np.float32), h, w), 0.0, 1.0)
+    heat = colormap(values).astype(np.float32)
+    # Weight the heat by the map: normal regions (near 0) stay readable, anomalies glow.
+    weight = np.clip(alpha + (1.0 - alpha) * (values - 0.5) * 2, 0.0, 0.85)[..., None] * np.clip(values * 3, 0, 1)[..., None]
     out = (image.astype(np.float32) * (1 - weight) + heat * weight).astype(np.uint8)
     if label:
         pic = Image.fromarray(out)

@@ -100,7 +100,18 @@ class PatchFeatures(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.cfg.border_padding
+        if pad:
+            # Mirror the image outward so border patches see a plausible surround instead of
+            # the CNN's zero padding, then cut the feature maps back to the image.
+            x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         feats = self.backbone(x)
+        if pad:
+            cut = []
+            for f, stride in zip(feats, self.backbone.strides):
+                c = pad // stride
+                cut.append(f[..., c : f.shape[-2] - c, c : f.shape[-1] - c] if c else f)
+            feats = cut
         k = self.cfg.neighbourhood
         size = feats[0].shape[-2:]
         pooled = []
@@ -163,8 +174,12 @@ class PatchCore:
         return ExpertOutput(scores.numpy(), maps.numpy(), patch[:, 0].numpy())
 
 
-def normalized_map(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
-    """Map distances to [0, 1] for the LMM and overlays: the threshold lands on 0.5."""
-    if not threshold > 0:
-        raise ValueError(f"threshold must be positive, got {threshold}")
-    return np.clip(anomaly_map / (2.0 * threshold), 0.0, 1.0).astype(np.float32)
+def normalized_map(anomaly_map: np.ndarray, threshold: float, floor: float = 0.0) -> np.ndarray:
+    """Map distances to [0, 1] for the LMM and overlays.
+
+    ``floor`` (the bank's typical normal value) lands on 0 and ``threshold`` on 0.5, so a map
+    reads the same way whatever the backbone's distance scale.
+    """
+    if not threshold > floor >= 0:
+        raise ValueError(f"need threshold > floor >= 0, got threshold {threshold}, floor {floor}")
+    return np.clip((anomaly_map - floor) / (2.0 * (threshold - floor)), 0.0, 1.0).astype(np.float32)

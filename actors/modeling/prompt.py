@@ -49,6 +49,9 @@ _CHAT = {
     ChatFormat.vicuna: ("USER: ", " ASSISTANT:"),
 }
 
+# What closes an assistant turn before the next user turn (multi-turn chat).
+_TURN_END = {ChatFormat.chatml: "<|im_end|>\n", ChatFormat.vicuna: "</s>"}
+
 
 @dataclass(frozen=True)
 class PromptParts:
@@ -86,6 +89,18 @@ class PromptTemplate:
         if not text:
             raise ValueError("empty question")
         return PromptParts(prefix=self._user + "<Img>", suffix="</Img>" + text + self._assistant)
+
+    def conversation(self, history: list[tuple[str, str]], question: str) -> str:
+        """A follow-up question with earlier (question, answer) turns, in the chat format.
+
+        The result goes where one question goes (``parts(text)``): the image stays once, at
+        the start of the first user turn, and each earlier answer closes its assistant turn.
+        """
+        end = _TURN_END[self.config.chat_format]
+        text = ""
+        for q, a in history:
+            text += q.strip() + self._assistant + a.strip() + end + self._user
+        return text + question.strip()
 
     @staticmethod
     def answer(positions: list[str] | tuple[str, ...] | None) -> str:

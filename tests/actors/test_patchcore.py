@@ -127,3 +127,11 @@ def test_grayscale_and_palette_inputs_score(tiny_cfg, tiny_bank, tmp_path):
         arr = decode_image(path)
         out = expert.predict(to_batch([arr], 64, *expert.mean_std))
         assert np.isfinite(out.scores).all()
+
+
+def test_normalized_map_floor_and_bank_normalize(tiny_bank):
+    m = normalized_map(np.array([1.0, 2.0, 3.0, 9.0]), threshold=3.0, floor=1.0)
+    assert m.tolist() == [0.0, 0.25, 0.5, 1.0]
+    meta = read_meta(tiny_bank)
+    assert 0 < meta.normal_level < meta.threshold
+    assert float(meta.normalize(np.array([meta.threshold]))[0]) == pytest.approx(0.5)
