@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup weights demo test bench-setup clean
+.PHONY: setup weights demo test bench-setup test-bench clean
 
 setup: $(STAMP)
 
@@ -31,9 +31,22 @@ demo: weights
 test: setup
 	$(BIN)/python -m pytest
 
-# Optional: anomalib 2.7 for `myriad bench expert` side by side (separate extra).
-bench-setup: setup
-	$(BIN)/python -m pip install -q torch==2.13.0 -e '.[dev,bench]'
+# Optional: anomalib 2.7 for `myriad bench expert` side by side, in its own venv so the
+# product's environment stays lean (torch stays pinned at 2.13.0 there too).
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.myriad-installed
+
+bench-setup: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q torch==2.13.0 -e '.[dev,bench]'
+	$(BENCH_VENV)/bin/python -m pip install -q --no-deps $(NO_DEPS_PKGS)
+	@touch $@
+
+test-bench: bench-setup
+	$(BENCH_VENV)/bin/python -m pytest -m bench
 
 clean:
-	rm -rf $(VENV) .myriad build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .myriad build *.egg-info .pytest_cache

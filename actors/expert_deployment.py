@@ -19,6 +19,7 @@ Handle API: ``predict(image (S, S, 3) uint8, line) -> dict`` with ``score``, ``t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -50,6 +51,8 @@ class LineExpert:
         self.expert, self.meta = open_sharded_expert(Path(bank), cfg, Path(weights_dir), shard_options)
         self.size = cfg.image_size
         self.base_threshold = float(threshold or self.meta.threshold)
+        digest = hashlib.sha1((Path(bank) / "bank.json").read_bytes()).hexdigest()[:10]
+        self.version = f"patchcore/{self.meta.category}@{digest}"
 
     def predict(self, image: np.ndarray, threshold: float | None) -> dict:
         """Blocking: (H, W, 3) uint8 -> score, verdict and the normalised map."""
@@ -65,7 +68,7 @@ class LineExpert:
     def health(self) -> dict:
         return {"line": self.line, "shards": len(self.expert.searcher.shards),
                 "bank_size": self.meta.size, "threshold": self.base_threshold,
-                "category": self.meta.category}
+                "category": self.meta.category, "version": self.version}
 
     def __del__(self) -> None:  # Serve's multiplexing calls this on LRU eviction
         searcher = getattr(getattr(self, "expert", None), "searcher", None)

@@ -27,6 +27,11 @@ Handle API (for ``streams``: no actors import needed, plain Python values in and
 the caller must drop (undecodable, unknown line, too large) gives
 ``{"ok": False, "frame_id", "line", "error": {"status", "error", "reason"}}`` instead of
 raising, so a consumer can send it to its dead-letter queue.
+
+Batch API for the stream consumers (``streams.ingest``'s handle contract; ``actors.stream_api``)::
+
+    results = await handle.inspect_batch.remote(frames)   # expert verdicts only, never the LLM
+    answers = await handle.answer_batch.remote(requests)  # LLM answers of flagged frames, or shed
 """
 
 # No `from __future__ import annotations`: Serve resolves the route signatures at run time.
@@ -50,6 +55,7 @@ from actors.ingress_models import (
     ChatRequest, ChatResponse, InspectResponse, LineHealth, LinesResponse, LLMMode, MapFormat,
 )
 from actors.inspection import InspectError, Pipeline, decode_b64
+from actors.stream_api import StreamBatches
 from configs.serve_schema import AuthConfig, GateConfig, LimitsConfig
 
 log = logging.getLogger(__name__)
@@ -126,13 +132,14 @@ async def _inspect_error(request: Request, exc: InspectError) -> JSONResponse:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, experts: dict, multiplexed, encoder, llm, conversations,
-                 work_size: int, limits: dict, auth: dict) -> None:
+                 work_size: int, limits: dict, auth: dict, lmm_version: str | None = None) -> None:
         self.limits = LimitsConfig.model_validate(limits)
         self.token = load_token(AuthConfig.model_validate(auth))
         lines = sorted(experts) if experts else sorted(multiplexed[1])
         self.pipeline = Pipeline(experts or {}, multiplexed[0] if multiplexed else None,
                                  encoder, llm, conversations, work_size, self.limits)
         self.pipeline.set_lines(lines)
+        self.batches = StreamBatches(self.pipeline, lmm_version if llm is not None else None)
         self.stats: dict = {"requests": {}, "decisions": {}, "llm": {}}
         self._requests = metrics.Counter("myriad_requests_total", "HTTP requests", tag_keys=("route", "status"))
         self._latency = metrics.Histogram("myriad_request_ms", "request latency (ms)",
@@ -244,3 +251,22 @@ class Ingress:
             return {"ok": False, "frame_id": frame_id, "line": line, "error": exc.as_dict()}
         self.observe(out, "handle.inspect", t0)
         return out
+
+    async def inspect_batch(self, frames: list[dict]) -> list[dict]:
+        """Stream frames -> expert results (or per-frame failures), same order; see ``actors.stream_api``."""
+        t0 = time.perf_counter()
+        out = await self.batches.inspect_batch(frames)
+        lines = {f["frame_id"]: f["line"] for f in frames}
+        for r in out:
+            if "error" in r:
+                continue
+            key = f"{lines.get(r['frame_id'], '?')} {'anomalous' if r['decision'] == 'NG' else 'normal'}"
+            self.stats["decisions"][key] = self.stats["decisions"].get(key, 0) + 1
+            self._decisions.inc(tags=dict(zip(("line", "verdict"), key.split(" "))))
+        self.count("handle.inspect_batch", 200, t0)
+        return out
+
+    async def answer_batch(self, requests: list[dict]) -> list[dict]:
+        """Flagged stream frames -> LLM answers within the gate, or ``shed`` failures."""
+        return await self.batches.answer_batch(requests)
+

@@ -79,7 +79,18 @@ def build_app(cfg: MyriadClusterConfig) -> Application:
     return Ingress.options(
         **role_options(sc, "ingress", sc.torch_threads), user_config={"gate": sc.gate.model_dump(mode="json")},
     ).bind(experts, multiplexed, encoder, llm, conversations, work,
-           sc.limits.model_dump(mode="json"), sc.auth.model_dump(mode="json"))
+           sc.limits.model_dump(mode="json"), sc.auth.model_dump(mode="json"), lmm_version(cfg))
+
+
+def lmm_version(cfg: MyriadClusterConfig) -> str:
+    """The served Myriad model's name in verdicts: the model directory's, or the untrained preset's."""
+    import hashlib
+
+    if cfg.serve.model_dir is not None:
+        meta = Path(cfg.serve.model_dir) / "config.json"
+        digest = hashlib.sha1(meta.read_bytes()).hexdigest()[:10] if meta.is_file() else "?"
+        return f"myriad/{Path(cfg.serve.model_dir).name}@{digest}"
+    return f"myriad/{cfg.preset}-untrained"
 
 
 def _bind_experts(cfg: MyriadClusterConfig, lines: dict[str, dict]):

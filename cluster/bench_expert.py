@@ -24,17 +24,26 @@ def myriad_worker(config: str, overrides: list[str], data: str, category: str) -
     from training.memory_bank import fit_bank
     from training.mvtec import open_category
 
-    cfg = load_config(config, overrides)
+    # Same images as the peer: the bank is built on all of train/good (no held-out
+    # calibration split); fit_seconds is the memory-bank build (features, coreset, index),
+    # as anomalib's fit is; fit_total_seconds adds threshold calibration and saving.
+    cfg = load_config(config, [*overrides, "expert.calibration_fraction=0"])
     cat = open_category(Path(data), category)
     with tempfile.TemporaryDirectory(prefix="myriad-bench-") as tmp:
         t0 = time.perf_counter()
-        fit_bank(cfg.expert, cfg.paths.weights_dir, cat.train_good(), Path(tmp) / "bank", category, False)
-        fit_seconds = time.perf_counter() - t0
+        _, fitted = fit_bank(cfg.expert, cfg.paths.weights_dir, cat.train_good(), Path(tmp) / "bank", category, False)
+        fit_total = time.perf_counter() - t0
         expert, meta = open_bank(Path(tmp) / "bank", cfg.expert, cfg.paths.weights_dir)
         pred = predict_category(expert, cat, progress=False)
     out = expert_metrics(pred, meta.threshold)
     out.pop("skipped", None)
-    out.update({"fit_seconds": fit_seconds, "peak_memory_mb": _peak_mb(), **search_share(expert)})
+    out.update({
+        "fit_seconds": fitted.fit["fit_seconds"],
+        "fit_total_seconds": fit_total,
+        "train_images": fitted.fit["images"],
+        "peak_memory_mb": _peak_mb(),
+        **search_share(expert),
+    })
     return out
 
 

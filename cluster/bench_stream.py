@@ -1,15 +1,17 @@
 """``myriad bench stream``: the expert path end to end through the broker, and fault runs.
 
-One run, one machine: the embedded broker, a local Ray cluster, one line consumer actor and
-one expert actor (``cluster.local_inspector``; the Serve application replaces it later).
+One run, one machine: the embedded broker, a local Ray cluster, the Serve application (one
+multiplexed expert deployment serving every bench line from one bank, LLM off: the expert
+path) and one line consumer actor per line calling it through Serve handles.
 
-1. in-process expert images/s: ``inspect_batch`` called inside the expert actor itself (decode +
-   PatchCore, no Kafka, no Ray calls), right before and right after the end-to-end run;
+1. in-process expert images/s: decode + PatchCore over the same bank in one Ray task with the
+   same torch threads (no Kafka, no Serve), right before and right after the end-to-end run;
 2. sustained frames/s: a backlog of frames sent as fast as possible, first to last verdict;
 3. frame-to-verdict latency (capture timestamp -> verdict read back) p50/p99 with the camera
    simulator at 50% and 90% of that rate; ratio = sustained / in-process (target >= 0.6);
-4. ``--faults``: a consumer actor killed mid-stream (Ray restarts it) and 10% malformed
-   records; each prints frames in, verdicts out, DLQ records, duplicates and missing frames.
+4. ``--faults``: a consumer actor killed mid-stream (Ray restarts it), the expert's Serve
+   replica killed mid-stream (Serve replaces it) and 10% malformed records; each prints frames
+   in, verdicts out, DLQ records, duplicates and missing frames.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from cluster.cli import add_config_args, config_from_args
 
 log = logging.getLogger(__name__)
-INSPECTOR = "myriad-bench-inspector"
+APP = "myriad-bench-stream"
 
 
 def register_bench(bsub: argparse._SubParsersAction) -> None:
@@ -42,19 +44,70 @@ def register_bench(bsub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_stream_bench)
 
 
-def shared_inspector(line: str):
-    """Every bench line uses the one expert actor."""
-    import ray
+def in_process_ips(cfg_json: dict, bank: str, images: list[bytes], frames: int, batch: int, threads: int) -> float:
+    """Images/s of decode + PatchCore over ``bank`` in this process: the reference."""
+    import torch
 
-    return ray.get_actor(INSPECTOR)
+    from actors.modeling.bank import bank_config, open_bank
+    from actors.modeling.preprocess import decode_image, to_batch
+    from configs.schema import MyriadClusterConfig
+
+    torch.set_num_threads(max(1, threads))
+    cfg = MyriadClusterConfig.model_validate(cfg_json)
+    ecfg = bank_config(Path(bank), cfg.expert)
+    expert, _ = open_bank(Path(bank), ecfg, cfg.paths.weights_dir)
+    mean, std = expert.mean_std
+
+    def run(n: int) -> None:
+        for i in range(0, n, batch):
+            ims = [decode_image(images[j % len(images)], ecfg.max_image_pixels) for j in range(i, min(n, i + batch))]
+            expert.predict(to_batch(ims, ecfg.image_size, mean, std))
+
+    run(batch)  # warm-up
+    t0 = time.perf_counter()
+    run(frames)
+    return frames / (time.perf_counter() - t0)
+
+
+def start_app(cfg, bank: Path, lines: list[str], torch_threads: int):
+    """The Serve application over ``bank`` for every bench line (LLM off); its handle factory."""
+    from ray import serve
+
+    from cluster.app import build_app
+    from cluster.stream_handles import ServeHandles, serve_line_overrides
+    from configs import load_config
+
+    app_cfg = load_config(cfg.preset, [f"serve.app_name={APP}", "serve.llm.enabled=false", "serve.auth.token_env=null",
+                                       "serve.auth.required=false", "serve.expert.multiplex=true",
+                                       f"serve.expert.max_lines_per_replica={len(lines)}",
+                                       f"serve.torch_threads={torch_threads}",
+                                       *serve_line_overrides({n: str(bank) for n in lines})])
+    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()}, logging_config={"enable_access_log": False})
+    serve.run(build_app(app_cfg), name=APP, route_prefix=f"/{APP}")
+    return ServeHandles(APP)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _bank(cfg, data: Path, category: str) -> Path:
     from training.memory_bank import fit_bank
     from training.mvtec import open_category
 
+    from actors.modeling.bank import bank_config
+
     out = cfg.paths.home / "bench" / "stream" / f"{cfg.preset}-{category}"
-    if not (out / "bank.json").is_file():
+    try:
+        bank_config(out, cfg.expert)
+        usable = True
+    except Exception:  # noqa: BLE001 - missing, or fit by an older version: fit again
+        usable = False
+    if not usable:
         print(f"fitting the {category!r} expert ({cfg.preset}) into {out}")
         fit_bank(cfg.expert, cfg.paths.weights_dir, open_category(data, category).train_good(), out, category, False)
     return out
@@ -175,6 +228,28 @@ def kill_run(cfg, runtime, images, fps: float, seconds: float, bootstrap: str) -
     return out
 
 
+def replica_run(cfg, images, fps: float, seconds: float, bootstrap: str) -> dict:
+    """The expert's Serve replica killed a third of the way in; Serve starts a new one."""
+    from cluster.stream_handles import kill_replica
+
+    line = "bench-replica"
+    cam = _camera(cfg, line, images, fps, bootstrap)
+    w = Watcher(cfg, line, bootstrap)
+    try:
+        t = threading.Thread(target=cam.run, kwargs={"duration_s": seconds})
+        t.start()
+        time.sleep(seconds / 3)
+        victim = kill_replica(APP, "expert")
+        print(f"  killed the Serve replica {victim} at t={seconds / 3:.0f}s")
+        t.join()
+        ids = {fid for fid, _ in cam.sent}
+        w.wait_for(ids, timeout_s=180)
+        return {**_count(w, ids, 0), "killed": victim}
+    finally:
+        w.close()
+        cam.close()
+
+
 def malformed_run(cfg, images, fps: float, seconds: float, bootstrap: str) -> dict:
     line = "bench-bad"
     cam = _camera(cfg, line, images, fps, bootstrap)
@@ -208,14 +283,14 @@ def malformed_run(cfg, images, fps: float, seconds: float, bootstrap: str) -> di
 
 def run_stream_bench(args: argparse.Namespace) -> int:
     import ray
+    from ray import serve
 
     from cluster.cmd_streams import camera_images
-    from cluster.local_inspector import start_inspector
     from streams.broker import EmbeddedBroker
     from streams.ingest import run_line_consumers
 
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    lines = ["bench"] + (["bench-kill", "bench-bad"] if args.faults else [])
+    lines = ["bench"] + (["bench-kill", "bench-replica", "bench-bad"] if args.faults else [])
     cfg = config_from_args(argparse.Namespace(config=args.config, overrides=[
         *args.overrides, "streams.lines=[" + ", ".join(f"{{name: {n}, partitions: 2}}" for n in lines) + "]",
         "streams.llm.mode=none", "streams.archive.enabled=false"]))
@@ -226,34 +301,40 @@ def run_stream_bench(args: argparse.Namespace) -> int:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         with EmbeddedBroker() as broker:
-            inspector = start_inspector(cfg, bank, name=INSPECTOR, num_cpus=1, torch_threads=args.torch_threads)
-            runtime = run_line_consumers(cfg, shared_inspector, bootstrap=broker.bootstrap)
+            handles = start_app(cfg, bank, lines, args.torch_threads)
+            runtime = run_line_consumers(cfg, handles, bootstrap=broker.bootstrap)
+            reference = ray.remote(num_cpus=1)(in_process_ips)
             try:
-                # The reference: the same actor, same threads, called in-process, just before
-                # and just after the end-to-end run (the machine's load drifts; both are shown).
+                # The reference: the same bank and threads in one process, just before and just
+                # after the end-to-end run (the machine's load drifts; both are shown).
                 raw, bs = [im[1] for im in images], cfg.streams.consumer.batch_size
-                before = ray.get(inspector.self_bench.remote(raw, args.frames, bs))
+                ref_args = (cfg.model_dump(mode="json"), str(bank), raw, args.frames, bs, args.torch_threads)
+                before = ray.get(reference.remote(*ref_args))
                 result["sustained"] = sustained_rate(cfg, images, args.frames, broker.bootstrap)
-                after = ray.get(inspector.self_bench.remote(raw, args.frames, bs))
+                after = ray.get(reference.remote(*ref_args))
                 result["in_process_ips"] = {"before": before, "after": after, "mean": (before + after) / 2}
                 print(f"in-process expert: {before:.2f} images/s before, {after:.2f} after")
                 fps = result["sustained"]["fps"]
                 result["ratio"] = fps / result["in_process_ips"]["mean"]
-                print(f"end to end: {fps:.2f} frames/s sustained; ratio {result['ratio']:.2f} (target >= 0.6)")
+                print(f"end to end (Serve): {fps:.2f} frames/s sustained; ratio {result['ratio']:.2f} (target >= 0.6)")
                 for share in (0.5, 0.9):
                     r = latency_run(cfg, "bench", images, share * fps, args.seconds, broker.bootstrap)
                     result[f"latency_{int(share * 100)}"] = r
                     print(f"at {int(share * 100)}% ({r['fps_sent']:.1f} fps, {r['frames']} frames): "
                           f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms")
                 if args.faults:
-                    result["fault_kill_consumer"] = kill_run(cfg, runtime, images, 0.5 * fps, args.seconds,
-                                                             broker.bootstrap)
-                    print(f"fault: consumer killed: {result['fault_kill_consumer']}")
-                    result["fault_malformed_10pct"] = malformed_run(cfg, images, 0.5 * fps, args.seconds,
-                                                                    broker.bootstrap)
-                    print(f"fault: 10% malformed: {result['fault_malformed_10pct']}")
+                    runs = {"fault_kill_consumer": lambda: kill_run(cfg, runtime, images, 0.5 * fps, args.seconds,
+                                                                    broker.bootstrap),
+                            "fault_kill_serve_replica": lambda: replica_run(cfg, images, 0.5 * fps, args.seconds,
+                                                                            broker.bootstrap),
+                            "fault_malformed_10pct": lambda: malformed_run(cfg, images, 0.5 * fps, args.seconds,
+                                                                           broker.bootstrap)}
+                    for name, fault in runs.items():
+                        result[name] = fault()
+                        print(f"fault {name}: {result[name]}")
             finally:
                 runtime.stop()
+                serve.shutdown()
     finally:
         ray.shutdown()
     if args.json:

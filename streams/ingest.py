@@ -25,7 +25,9 @@ object whose methods return values; ``.remote`` is used when the method has it, 
     answer_batch(requests: list[dict]) -> list[dict]
         requests[i]: frames[i] fields plus "expert": the ExpertResult dict
         result[i]: LmmAnswer {"frame_id", "answer", "anomalous", "positions", "model_version",
-                   "timings_ms"} or FrameFailure (the verdict's lmm.status is then "failed").
+                   "timings_ms"} or FrameFailure: with reason "shed" (the handle's LLM pool
+                   refused it for load or ran out of time) the verdict's lmm.status is "shed",
+                   otherwise "failed".
 
 Errors: a raised application error (``RayTaskError`` or a plain exception) splits the batch
 to isolate the bad frame (DLQ, stage "inference"); system errors (actor or replica died,
@@ -88,8 +90,9 @@ def is_transient(exc: BaseException) -> bool:
     """System errors worth a retry; application errors (the frames' fault) are not."""
     import ray.exceptions as rex
 
-    if isinstance(exc, rex.RayTaskError):
-        return False
+    if isinstance(exc, rex.RayTaskError):  # raised by the handle's code: transient only when
+        cause = getattr(exc, "cause", None)  # it is itself a system error (a replica behind died)
+        return cause is not None and cause is not exc and is_transient(cause)
     if isinstance(exc, (rex.RayError, TimeoutError, ConnectionError)):
         return True
     return type(exc).__name__ in ("BackPressureError", "DeploymentUnavailableError")
@@ -164,6 +167,7 @@ class LineWorker:
                     self._complete(self._pending.popleft())
                 self.lag = self.source.lag()
             self.drain()
+            self.lag = self.source.lag(every_s=0.0)  # after the last commit
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.source.close()
@@ -300,7 +304,10 @@ class LineWorker:
             answers = [FrameFailure(frame_id=r["frame_id"], error={"reason": "answer_batch failed", "detail": repr(exc)[:300]})
                        for r in take]
         for a in answers:
-            if isinstance(a, FrameFailure):
+            if isinstance(a, FrameFailure) and a.error.get("reason") == "shed":
+                outcomes[a.frame_id] = LmmOutcome(status="shed", reason=a.error.get("detail") or "shed by the LLM pool")
+                s.llm_shed += 1
+            elif isinstance(a, FrameFailure):
                 outcomes[a.frame_id] = LmmOutcome(status="failed", reason=f"{a.error.get('reason')}: {a.error.get('detail', '')}")
                 s.llm_failed += 1
             else:

@@ -5,9 +5,8 @@
     runtime.stop()
 
 ``handle_factory(line) -> handle`` is called inside each consumer actor (again after a
-restart), so it must be a picklable top-level function, e.g. one that returns
-``serve.get_deployment_handle(...)`` or ``ray.get_actor(...)``; the handle contract is in
-``streams.ingest``. Each actor runs its loop in a thread started by ``__init__``: when Ray
+restart), so it must be picklable, e.g. ``cluster.stream_handles.ServeHandles`` (the Serve
+application's ingress handle); the handle contract is in ``streams.ingest``. Each actor runs its loop in a thread started by ``__init__``: when Ray
 restarts a dead actor (``consumer.max_restarts``), ``__init__`` runs again and the loop resumes
 from the group's committed offsets. A loop that fails exits the process so Ray restarts it.
 """
@@ -46,6 +45,34 @@ def _run_or_die(target: Callable[[], None], name: str) -> None:
         os._exit(1)
 
 
+LAG_METRIC = "myriad_consumer_lag"
+
+
+class LagExporter:
+    """Consumer lag per partition as a Ray metric (Prometheus ``ray_myriad_consumer_lag``)."""
+
+    def __init__(self, worker: LineWorker, every_s: float = 2.0) -> None:
+        from ray.util.metrics import Gauge
+
+        self.worker, self.every_s = worker, every_s
+        self.gauge = Gauge(LAG_METRIC, description="frame records not yet consumed, per line partition",
+                           tag_keys=("line", "partition", "member"))
+        self.last: dict[str, int] = {}  # what was last set, for stats()
+        self.thread = threading.Thread(target=self._run, name=f"lag-{worker.line}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        w = self.worker
+        while not w._stop.wait(self.every_s):
+            self.export()
+
+    def export(self) -> None:
+        w = self.worker
+        for part, lag in dict(w.lag).items():
+            self.gauge.set(lag, tags={"line": w.line, "partition": part, "member": w.member})
+            self.last[part] = lag
+
+
 @ray.remote(max_concurrency=4)
 class LineConsumer:
     """One consumer of one line's group (config passed as JSON, re-validated here)."""
@@ -60,14 +87,16 @@ class LineConsumer:
         self.thread = threading.Thread(target=_run_or_die, args=(self.worker.run, f"consumer {line}/{member}"),
                                        name=f"consume-{line}-{member}", daemon=True)
         self.thread.start()
+        self.lag_metric = LagExporter(self.worker)
 
     def stats(self) -> dict:
         return {**self.worker.stats(), "restarted": self.restarted, "pid": os.getpid(),
-                "running": self.thread.is_alive()}
+                "running": self.thread.is_alive(), "lag_metric": dict(self.lag_metric.last)}
 
     def stop(self, timeout_s: float = 60.0) -> dict:
         self.worker.stop()
         self.thread.join(timeout_s)
+        self.lag_metric.export()
         return self.stats()
 
 

@@ -67,6 +67,9 @@ class SynthConfig:
             ``cut_paste`` aims for; it tries up to ``paste_tries`` source patches and keeps the
             first that reaches it (else the strongest), so pastes on flat areas stay visible.
         paste_tries: source patches ``cut_paste`` may try.
+        scratch_style: ``"additive"`` brightens/darkens the surface along the stroke (its
+            grain shows through, a light mark); ``"groove"`` replaces the surface with a flat,
+            contrasting tone (a gouge through the finish), continuous along its length.
     """
 
     area_range: tuple[float, float] = (0.005, 0.06)
@@ -75,6 +78,7 @@ class SynthConfig:
     poisson_prob: float = 0.5
     min_visible: float = 15.0
     paste_tries: int = 4
+    scratch_style: str = "additive"
 
     def __post_init__(self) -> None:
         (a0, a1), (l0, l1), (r0, r1) = (
@@ -85,6 +89,7 @@ class SynthConfig:
             "scratch_radius_range (0 <= lo <= hi)": 0 <= r0 <= r1,
             "poisson_prob (in [0, 1])": 0.0 <= self.poisson_prob <= 1.0,
             "paste_tries (>= 1)": self.paste_tries >= 1,
+            "scratch_style (additive|groove)": self.scratch_style in ("additive", "groove"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -234,9 +239,14 @@ def scratch(image: np.ndarray, rng: np.random.Generator, config: SynthConfig = D
     sl = _bbox(mask, 2)
     win = image[sl].astype(np.float32)  # (h', w', 3)
     m = mask[sl]
-    delta = rng.uniform(60, 110) * (1.0 if win[m].mean() < 128 else -1.0)  # towards headroom
+    level = float(win[m].mean())
+    delta = rng.uniform(60, 110) * (1.0 if level < 128 else -1.0)  # towards headroom
     alpha = ndimage.gaussian_filter(m.astype(np.float32), 0.6)
     alpha = np.where(m, np.maximum(alpha / alpha.max(), 0.6), alpha)
+    if config.scratch_style == "groove":
+        tone = np.clip(level + delta * 1.3, 0, 255)  # one flat tone, far from the surface
+        a = (np.clip(alpha, 0, 1) * rng.uniform(0.85, 0.95))[..., None]
+        return _result(image, win * (1 - a) + a * tone, sl, mask, "scratch")
     along = 0.75 + 0.25 * np.tanh(_smooth_noise(m.shape, max(length / 10, 1.0), rng))
     return _result(image, win + (alpha * along)[..., None] * delta, sl, mask, "scratch")
 

@@ -18,7 +18,7 @@ Layout (per category)::
 Test defects are meant to be visible to an inspector at the crop's resolution: cut-paste
 defects paste *foreign material* (a crop of another texture photo; the same texture pasted on
 itself is not a defect anyone could see on grass or gravel), and scratches are 5-7 px wide
-(``BENCH_CONFIG``). Training-data synthesis may use subtler settings.
+gouges of one flat contrasting tone (``BENCH_CONFIG``). Training-data synthesis may use subtler settings.
 
 Same seed, same arguments -> byte-identical files. Each category draws from its own seed
 stream, so building a subset of categories writes the same files for those categories.
@@ -73,8 +73,10 @@ TINTS: dict[str, tuple[float, float, float]] = {
 FOREIGN: dict[str, str] = {"brick": "gravel", "grass": "brick", "gravel": "grass"}
 """Which photo supplies the foreign material pasted by cut-paste defects."""
 
-BENCH_CONFIG = SynthConfig(scratch_radius_range=(2, 3))
-"""Benchmark defect settings: scratches 5-7 px wide on 256 px crops."""
+BENCH_CONFIG = SynthConfig(scratch_radius_range=(2, 3), scratch_style="groove")
+"""Benchmark defect settings: scratches are 5-7 px wide gouges (a flat contrasting tone) on
+256 px crops; an additive light mark that keeps the grain reads as one more grass blade or
+pebble edge, which no inspector would call a defect."""
 
 _SPLIT_CODES = {"train": 0, "test_good": 1, "test_defect": 2, "paste_source": 3, "cells": 4}
 

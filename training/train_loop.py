@@ -93,6 +93,16 @@ def _append(path: str | None, record: dict) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def _first_kill(config: dict) -> bool:
+    """True once per run: a marker file records that the injected kill happened."""
+    marker = Path(config["kill_marker"])
+    if marker.exists():
+        return False
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("killed")
+    return True
+
+
 def _checkpoint(engine, state: dict, metrics: dict, rank: int) -> None:
     import ray.train
 
@@ -167,7 +177,12 @@ def train_loop_per_worker(config: dict) -> None:
     saved_at = state["step"]
     stop = state["step"] >= t.max_steps
     kill_at = config.get("kill_at_step")
-    for batch in ([] if stop else _batches(shard, t.micro_batch_size)):
+    batches = iter([] if stop else _batches(shard, t.micro_batch_size))
+    # The shard starts at the driver's resume step; after an in-run restart from a later
+    # checkpoint, skip what the lost worker group had consumed so the samples continue.
+    for _ in range((state["step"] - config.get("data_start_step", 0)) * t.grad_accum):
+        next(batches, None)
+    for batch in batches:
         lr = set_lr(engine.optimizer, state["step"], t)
         pix, maps, ids, mask, labels = _inputs(model, batch, pad)
         with autocast():
@@ -205,9 +220,10 @@ def train_loop_per_worker(config: dict) -> None:
         if step % t.checkpoint_every == 0 or stop:
             _checkpoint(engine, dict(state), metrics, rank)
             saved_at = step
-            if kill_at is not None and step == kill_at and rank == world - 1:
-                log.warning("rank %d: fault injection, killing this worker at step %d", rank, step)
-                os._exit(1)
+        if kill_at is not None and step == kill_at and rank == world - 1 and _first_kill(config):
+            # Fault injection (tests): this rank dies between checkpoints, as in a crash.
+            log.warning("rank %d: fault injection, killing this worker after step %d", rank, step)
+            os._exit(1)
         if stop:
             break
     if saved_at != state["step"]:  # the data ran out before max_steps

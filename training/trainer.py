@@ -99,6 +99,7 @@ def build_trainer(cfg, extra: dict | None = None):
         "backend": _backend(cfg),
         "eval": t.data.eval_samples // world > 0,
         "resume_from": str(resume[0]) if resume else None,
+        "data_start_step": start_step,
         "export_dir": str(default_model_dir(cfg)),
         "metrics_log": str(storage / t.run_name / "metrics.jsonl"),
         **(extra or {}),

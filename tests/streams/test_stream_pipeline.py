@@ -1,7 +1,7 @@
 """End to end on the real broker and Ray: frames -> verdicts, every bad record -> DLQ, archive.
 
-One line, one consumer actor, the real PatchCore expert (tiny bank) and the tiny Myriad LMM
-behind the inference handle; LLM answers are limited to one in flight so flagged frames beyond
+One line, one consumer actor, the Serve application (the real PatchCore expert on a tiny bank and
+the tiny Myriad LMM) behind Serve handles; LLM answers are limited to one in flight so flagged frames beyond
 it are shed (the verdict says so) while every frame still gets its expert verdict.
 """
 
@@ -13,7 +13,6 @@ import zlib
 
 from stream_helpers import frame, good_images, jpeg_of, produce, stream_config
 
-from cluster.local_inspector import named_inspector
 from streams.archive import read_archive
 from streams.ingest import run_line_consumers
 from streams.messages import Reason, Verdict
@@ -53,12 +52,11 @@ def bad_records(line: str, png: bytes) -> dict[str, tuple[tuple, str]]:
     }
 
 
-def test_frames_to_verdicts_dlq_and_archive(stream_env, kafka_broker, tiny_dataset, tmp_path):
+def test_frames_to_verdicts_dlq_and_archive(serve_handles, kafka_broker, tiny_dataset, tmp_path):
     line = "pipe"
     cfg = stream_config(tmp_path, line, ["streams.max_record_bytes=65536", "streams.consumer.batch_size=4",
                                          "streams.llm.max_in_flight=1", "streams.llm.deadline_ms=30000"])
     s = cfg.streams
-    stream_env(cfg, line, with_lmm=True)
     images = good_images(tiny_dataset) * 2  # 16 frames: 8 good, 8 with a defect
     good = [frame(line, f"cam-1-{i:04d}", png) for i, (_, png) in enumerate(images)]
     kinds = {f"cam-1-{i:04d}": kind for i, (kind, _) in enumerate(images)}
@@ -67,7 +65,7 @@ def test_frames_to_verdicts_dlq_and_archive(stream_env, kafka_broker, tiny_datas
     for i, (rec, _) in enumerate(bad.values()):  # interleave: bad records between good ones
         records.insert(2 * i + 1, rec)
 
-    runtime = run_line_consumers(cfg, named_inspector, bootstrap=kafka_broker.bootstrap)
+    runtime = run_line_consumers(cfg, serve_handles, bootstrap=kafka_broker.bootstrap)
     try:
         produce(cfg, kafka_broker.bootstrap, s.topic(line, "frames"), records)
         reader = TopicReader(s, [s.topic(line, "verdicts"), s.topic(line, "dlq")], kafka_broker.bootstrap)
@@ -115,6 +113,9 @@ def test_frames_to_verdicts_dlq_and_archive(stream_env, kafka_broker, tiny_datas
     assert stats["frames_in"] == len(records)
     assert (stats["verdicts_out"], stats["dlq_out"]) == (len(good), len(bad))
     assert stats["llm_answered"] >= 1 and stats["llm_shed"] >= 1
+    # Lag: exported as the `myriad_consumer_lag` Ray metric per partition, drained to 0.
+    assert set(stats["lag_metric"]) == {f"{s.topic(line, 'frames')}/{p}" for p in (0, 1)}, stats["lag_metric"]
+    assert stats["lag_total"] == 0
     assert stats["in_flight"] == 0 and stats["dlq_reasons"] == {r: sum(w == r for _, w in bad.values())
                                                                  for r in {w for _, w in bad.values()}}
 

@@ -8,19 +8,17 @@ import collections
 
 from stream_helpers import frame, good_images, produce, stream_config
 
-from cluster.local_inspector import named_inspector
 from streams.connection import ensure_topics
 from streams.ingest import run_line_consumers
 from streams.source import TopicReader
 
 
-def test_consumer_killed_before_commit_replays(stream_env, kafka_broker, tiny_dataset, tmp_path):
+def test_consumer_killed_before_commit_replays(serve_handles, kafka_broker, tiny_dataset, tmp_path):
     line = "recover"
     batch = 4
     cfg = stream_config(tmp_path, line, [f"streams.consumer.batch_size={batch}", "streams.consumer.max_in_flight=1",
                                          "streams.llm.mode=none"])
     s = cfg.streams
-    stream_env(cfg, line)
     images = good_images(tiny_dataset) * 3
     records = [frame(line, f"cam-1-{i:04d}", png) for i, (_, png) in enumerate(images)]
     ids = {f"cam-1-{i:04d}" for i in range(len(images))}
@@ -28,7 +26,7 @@ def test_consumer_killed_before_commit_replays(stream_env, kafka_broker, tiny_da
     produce(cfg, kafka_broker.bootstrap, s.topic(line, "frames"), records)
 
     marker = tmp_path / "crashed"
-    runtime = run_line_consumers(cfg, named_inspector, bootstrap=kafka_broker.bootstrap, archive=False,
+    runtime = run_line_consumers(cfg, serve_handles, bootstrap=kafka_broker.bootstrap, archive=False,
                                  fault={"crash_after_produce": 3, "marker": str(marker)})
     try:
         reader = TopicReader(s, [s.topic(line, "verdicts")], kafka_broker.bootstrap)
