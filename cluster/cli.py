@@ -57,14 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     for name in OPTIONAL_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        module = import_optional(name)
+        if module is not None:
+            module.register(sub)
     return parser
+
+
+def import_optional(name: str):
+    """The module, or None when that module itself does not exist (a broken one raises)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
-from cluster.cli import add_config_args
+from cluster.cli import add_config_args, import_optional
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,13 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.set_defaults(handler=run_expert_bench)
     # Other benchmarks live beside what they measure: each module's register_bench(bsub).
     for name in BENCH_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register_bench(bsub)
+        module = import_optional(name)
+        if module is not None:
+            module.register_bench(bsub)
 
 
 BENCH_MODULES = ("cluster.bench_model", "cluster.bench_train", "cluster.bench_serve", "cluster.bench_stream")

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import threading
@@ -160,7 +159,7 @@ def stream(cfg, args, data: Path) -> dict:
     from cluster.app import build_app
     from cluster.cmd_streams import camera_images
     from cluster.demo_report import LiveSummary, collect_verdicts
-    from cluster.runtime import connect, start_serve
+    from cluster.runtime import connect
     from cluster.stream_handles import ServeHandles
     from streams.broker import EmbeddedBroker
     from streams.camera import CameraSimulator
@@ -173,12 +172,12 @@ def stream(cfg, args, data: Path) -> dict:
     connect(None, num_cpus=4, auth="disabled", log_to_driver=False)
     try:
         with EmbeddedBroker() as broker:
-            http = cfg.serve.http.model_copy(update={"port": _free_port()})
-            start_serve(http)
+            # Handles only (no HTTP proxy): one process less on a small machine; `myriad serve`
+            # runs the same application with its HTTP API.
+            serve.start(proxy_location="Disabled", logging_config={"enable_access_log": False})
             t_app = time.perf_counter()
-            serve.run(app, name=cfg.serve.app_name, route_prefix="/")
-            print(f"      Serve app up in {time.perf_counter() - t_app:.0f}s (HTTP http://{http.host}:{http.port}/docs)",
-                  flush=True)
+            serve.run(app, name=cfg.serve.app_name, route_prefix=None)
+            print(f"      Serve app {cfg.serve.app_name!r} up in {time.perf_counter() - t_app:.0f}s", flush=True)
             runtime = start_streams(cfg, ServeHandles(cfg.serve.app_name), bootstrap=broker.bootstrap)
             cams = {n: CameraSimulator(cfg.streams, n, images[n], args.fps, broker.bootstrap) for n in args.lines}
             try:
@@ -203,15 +202,3 @@ def stream(cfg, args, data: Path) -> dict:
     finally:
         ray.shutdown()
     return {"sent": sent, "verdicts": verdicts, "stats": stats, "final": final}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dump(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)

@@ -63,8 +63,8 @@ def _line_figures(cfg, bank: Path, line: str, ng: list, sent: dict, limit: int) 
             lmm = f"LMM: \u201c{v.lmm.answer}\u201d"
         else:
             lmm = f"LMM {v.lmm.status}: {v.lmm.reason}"
-        caption = (f"{v.frame_id} ({path.parent.name}/{path.name}): NG, score {v.image_score:.2f} > "
-                   f"{v.threshold:.2f}, at {', '.join(v.positions) or '?'}; {lmm}")
+        caption = (f"{v.frame_id} ({path.parent.name}/{path.name}): NG, score {v.image_score:.3g} > "
+                   f"{v.threshold:.3g}, at {', '.join(v.positions) or '?'}; {lmm}")
         figures.append((caption, rgb, meta.normalize(amap)))
     return figures
 

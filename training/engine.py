@@ -143,6 +143,23 @@ class DDPEngine(Engine):
         return extra["myriad"]
 
 
+def latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint of a run directory (``checkpoint_<step>/``): rank 0's
+    state file present and, for DeepSpeed ZeRO, one optimizer shard per rank."""
+    best = None
+    for state_file in Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}"):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        shards = list(state_file.parent.glob("ds/zero_pp_rank_*_optim_states.pt"))
+        if shards and len(shards) != state.get("world_size", len(shards)):
+            continue  # a rank's shard is missing: the run died while this one was written
+        if best is None or state["step"] > best[1]["step"]:
+            best = (state_file.parent, state)
+    return best
+
+
 def make_engine(model, train: TrainConfig, world: int) -> Engine:
     if train.strategy == Strategy.ddp:
         return DDPEngine(model, train, world)

@@ -121,12 +121,17 @@ def _checkpoint(engine, state: dict, metrics: dict, rank: int) -> None:
 def _restore(engine, config: dict) -> dict:
     import ray.train
 
+    from training.engine import latest_checkpoint
+
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             return engine.load(Path(d))
-    if config.get("resume_from"):
-        return engine.load(Path(config["resume_from"]))
+    # Ray registers a checkpoint only once it has collected every rank's report; a worker
+    # that dies right after reporting can lose it there, but not on disk: scan the run.
+    found = latest_checkpoint(Path(config["run_dir"])) if config.get("run_dir") else None
+    if found is not None:
+        return engine.load(found[0])
     return {"step": 0, "samples": 0}
 
 
@@ -154,6 +159,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_myriad(cfg.model, cfg.paths.weights_dir)
     engine = make_engine(model, t, world)
     state = _restore(engine, config)
+    state["world_size"] = world
     if state["step"]:
         log.info("rank %d: resumed at step %d", rank, state["step"])
         if rank == 0:

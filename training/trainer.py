@@ -16,7 +16,7 @@ from pathlib import Path
 
 from configs.train_schema import Backend, default_model_dir, storage_dir
 from training.data import EVAL_ID_OFFSET, build_dataset, prepare, rank_ids, tokenizer_dir
-from training.engine import STATE_FILE
+from training.engine import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +43,6 @@ def ensure_ray(cfg) -> bool:
     ray.init(num_cpus=cfg.train.scaling.local_num_cpus, include_dashboard=False,
              runtime_env={"env_vars": env})
     return True
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint of a run directory (``checkpoint_<step>/``)."""
-    best = None
-    for state_file in Path(run_dir).glob(f"checkpoint_*/{STATE_FILE}"):
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if best is None or state["step"] > best[1]["step"]:
-            best = (state_file.parent, state)
-    return best
 
 
 def _backend(cfg) -> str:
@@ -98,7 +85,7 @@ def build_trainer(cfg, extra: dict | None = None):
         "config": cfg.model_dump(mode="json"),
         "backend": _backend(cfg),
         "eval": t.data.eval_samples // world > 0,
-        "resume_from": str(resume[0]) if resume else None,
+        "run_dir": str(storage / t.run_name),
         "data_start_step": start_step,
         "export_dir": str(default_model_dir(cfg)),
         "metrics_log": str(storage / t.run_name / "metrics.jsonl"),

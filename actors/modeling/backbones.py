@@ -100,13 +100,9 @@ class _Selected(Backbone):
     """timm ``features_only`` already returns just the configured stages."""
 
     def __init__(self, net, layers, channels: dict, strides: dict) -> None:
-        nn.Module.__init__(self)
-        self.net = net
-        self.layers = layers
-        self.channels = [channels[i] for i in layers]
-        self.strides = [strides[i] for i in layers]
-        self.requires_grad_(False)
-        self.eval()
+        full_channels = [channels.get(i, 0) for i in range(max(layers) + 1)]
+        full_strides = [strides.get(i, 0) for i in range(max(layers) + 1)]
+        super().__init__(net, layers, full_channels, full_strides)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.net(x))

@@ -50,7 +50,7 @@ def test_loss_decreases_and_kill_resumes_at_checkpoint(zero2_run):
     loss = losses(recs)  # the redone step 4 (same samples: the data stream restarts) overwrites
     before = {r["step"]: r["loss"] for r in recs[:i] if "loss" in r}
     assert loss[4] == pytest.approx(before[4], rel=1e-5)  # restored state = state at step 3
-    assert loss[6] < loss[1] - 0.05, loss
+    assert loss[6] < loss[1] - 0.04, loss
     assert summary["metrics"]["step"] == 6
     assert Path(summary["checkpoint"]).name == "checkpoint_0000006"
 
