@@ -13,7 +13,8 @@ Thresholds are live: ``user_config = {"thresholds": {line: value}}`` overrides t
 calibrated threshold (or the config's) without a redeploy.
 
 Handle API: ``predict(image (S, S, 3) uint8, line) -> dict`` with ``score``, ``threshold``,
-``anomalous``, ``map`` ((S_e, S_e) float32 in [0, 1], the threshold at 0.5), ``ms``.
+``anomalous``, ``map`` ((S_e, S_e) float32 in [0, 1], the threshold at 0.5), ``ms``;
+``predict_many(images, line) -> [dict]`` the same for a batch in one forward pass.
 """
 
 from __future__ import annotations
@@ -56,14 +57,18 @@ class LineExpert:
 
     def predict(self, image: np.ndarray, threshold: float | None) -> dict:
         """Blocking: (H, W, 3) uint8 -> score, verdict and the normalised map."""
+        return self.predict_many([image], threshold)[0]
+
+    def predict_many(self, images: list[np.ndarray], threshold: float | None) -> list[dict]:
+        """Blocking: one forward pass over a batch of (H, W, 3) uint8 images -> one dict each."""
         t0 = time.perf_counter()
         thr = float(threshold or self.base_threshold)
         mean, std = self.expert.mean_std
-        out = self.expert.predict(to_batch([image], self.size, mean, std))
-        score = float(out.scores[0])
-        return {"line": self.line, "score": score, "threshold": thr, "anomalous": score > thr,
-                "map": normalized_map(out.anomaly_maps[0], thr),
-                "ms": (time.perf_counter() - t0) * 1000.0}
+        out = self.expert.predict(to_batch(images, self.size, mean, std))
+        ms = (time.perf_counter() - t0) * 1000.0 / max(1, len(images))
+        return [{"line": self.line, "score": float(score), "threshold": thr, "anomalous": float(score) > thr,
+                 "map": normalized_map(amap, thr), "ms": ms}
+                for score, amap in zip(out.scores, out.anomaly_maps)]
 
     def health(self) -> dict:
         return {"line": self.line, "shards": len(self.expert.searcher.shards),
@@ -126,6 +131,11 @@ class Expert:
     async def predict(self, image: np.ndarray, line: str) -> dict:
         expert = await self.line(line)
         return await asyncio.to_thread(expert.predict, image, self.thresholds.get(line))
+
+    async def predict_many(self, images: list[np.ndarray], line: str) -> list[dict]:
+        """A batch of one line's images in one forward pass (the stream consumers' path)."""
+        expert = await self.line(line)
+        return await asyncio.to_thread(expert.predict_many, images, self.thresholds.get(line))
 
     async def health(self, line: str) -> dict:
         expert = await self.line(line)

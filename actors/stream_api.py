@@ -5,8 +5,8 @@ The contract is ``streams.ingest``'s (plain dicts in and out, no pickled objects
     inspect_batch(frames)   -> [ExpertResult dict | {"frame_id", "error": {"reason", "detail"}}]
     answer_batch(requests)  -> [LmmAnswer dict | {"frame_id", "error": {...}}]
 
-``inspect_batch`` runs the expert only (every frame of the batch concurrently): the verdict
-never waits on the LLM. It keeps each frame's decoded image and anomaly map for a while
+``inspect_batch`` runs the expert only (decodes concurrently, one forward pass per line): the
+verdict never waits on the LLM. It keeps each frame's decoded image and anomaly map for a while
 (``cache`` frames, LRU) so that ``answer_batch`` for the flagged ones does not decode and score
 them again (a frame that is no longer cached, e.g. answered by another ingress replica, is
 scored again). ``answer_batch`` asks the LLM within the ingress gate (``max_inflight``,
@@ -59,33 +59,49 @@ class StreamBatches:
             self.versions[line] = health.get("version") or f"patchcore/{health.get('category', line)}"
         return self.versions[line]
 
-    async def _score(self, frame: dict) -> tuple[np.ndarray, dict] | dict:
-        """Decode + expert; (image, expert output) or a failure dict. System errors raise."""
+    async def _decode(self, frame: dict) -> np.ndarray | dict:
+        """The frame's image at work size, or a failure dict (unknown line, bad image)."""
         fid = str(frame["frame_id"])
         try:
-            expert = self.pipeline.expert(frame["line"])
-            image = await asyncio.to_thread(self.pipeline.decode, frame["image"], f"frame {fid}")
+            self.pipeline.expert(frame["line"])
+            return await asyncio.to_thread(self.pipeline.decode, frame["image"], f"frame {fid}")
         except InspectError as exc:
             kind = _image_reason(exc.reason, f"frame {fid}") if exc.error == "bad_image" else exc.error
             return failure(fid, kind, exc.reason)
-        return image, await expert.predict.remote(image, frame["line"])
 
-    async def _inspect_one(self, frame: dict) -> dict:
-        t0 = time.perf_counter()
-        scored = await self._score(frame)
-        if isinstance(scored, dict):
-            return scored
-        image, v = scored
+    async def _score(self, frame: dict) -> tuple[np.ndarray, dict] | dict:
+        """Decode + expert of one frame; (image, expert output) or a failure dict."""
+        image = await self._decode(frame)
+        if isinstance(image, dict):
+            return image
+        return image, await self.pipeline.expert(frame["line"]).predict.remote(image, frame["line"])
+
+    def _result(self, frame: dict, image: np.ndarray, v: dict, version: str, t0: float) -> dict:
         fid, ng = str(frame["frame_id"]), bool(v["anomalous"])
         self._remember(fid, image, v["map"])
         return {"frame_id": fid, "score": float(v["score"]), "threshold": float(v["threshold"]),
                 "decision": "NG" if ng else "OK", "positions": map_positions(v["map"]) if ng else [],
-                "model_versions": {"expert": await self.expert_version(frame["line"]),
-                                   **({"lmm": self.lmm_version} if self.lmm_version else {})},
+                "model_versions": {"expert": version, **({"lmm": self.lmm_version} if self.lmm_version else {})},
                 "timings_ms": {"expert_ms": float(v["ms"]), "serve_ms": (time.perf_counter() - t0) * 1000.0}}
 
     async def inspect_batch(self, frames: list[dict]) -> list[dict]:
-        return list(await asyncio.gather(*(self._inspect_one(f) for f in frames)))
+        """Decode every frame concurrently, then one expert call per line for the batch."""
+        t0 = time.perf_counter()
+        decoded = await asyncio.gather(*(self._decode(f) for f in frames))
+        out: list = [d if isinstance(d, dict) else None for d in decoded]
+        by_line: dict[str, list[int]] = collections.defaultdict(list)
+        for i, (f, d) in enumerate(zip(frames, decoded)):
+            if not isinstance(d, dict):
+                by_line[f["line"]].append(i)
+
+        async def score(line: str, idx: list[int]) -> None:
+            preds = await self.pipeline.expert(line).predict_many.remote([decoded[i] for i in idx], line)
+            version = await self.expert_version(line)
+            for i, v in zip(idx, preds):
+                out[i] = self._result(frames[i], decoded[i], v, version, t0)
+
+        await asyncio.gather(*(score(line, idx) for line, idx in by_line.items()))
+        return out
 
     async def _answer_one(self, req: dict) -> dict:
         t0, fid = time.perf_counter(), str(req["frame_id"])

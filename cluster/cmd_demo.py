@@ -60,8 +60,9 @@ def _config(args, out: Path, model_dir: Path | None, banks: dict[str, Path]):
 
     lines = ", ".join(f"{{name: {n}, partitions: 2, consumers: 1}}" for n in args.lines)
     over = [f"streams.lines=[{lines}]", f"streams.archive.dir={out / 'verdicts'}", "streams.archive.max_seconds=2",
-            # The verdict waits this long for the LMM's answer, then it is shed (and says so).
-            "streams.llm.deadline_ms=15000", "streams.llm.max_in_flight=2",
+            # A flagged frame's verdict waits at most this long for the LMM's answer, then the
+            # answer is shed (and the verdict says so): expert verdicts keep flowing.
+            "streams.llm.deadline_ms=8000", "streams.llm.max_in_flight=2",
             *serve_line_overrides({n: str(b) for n, b in banks.items()}), "serve.auth.required=false"]
     if model_dir is not None:
         over.append(f"serve.model_dir={model_dir}")
@@ -114,6 +115,11 @@ def model_for_demo(args, cfg) -> Path | None:
     t0 = time.perf_counter()
     train_cfg = config_from_args(argparse.Namespace(
         config=args.config, overrides=[*args.overrides, f"train.max_steps={args.train_steps}"]))
+    from configs.train_schema import data_root
+    from training.textures import build_textures
+
+    if not (data_root(train_cfg) / "manifest.json").is_file():  # what `myriad data textures` writes
+        build_textures(data_root(train_cfg), seed=0, progress=False)
     summary = run_training(train_cfg)
     print(f"      trained in {time.perf_counter() - t0:.0f}s -> {summary['model_dir']}", flush=True)
     return Path(summary["model_dir"]).resolve()

@@ -54,9 +54,12 @@ def _line_figures(cfg, bank: Path, line: str, ng: list, sent: dict, limit: int) 
         return []
     expert, meta = open_bank(bank, cfg.expert, cfg.paths.weights_dir)
     mean, std = expert.mean_std
-    figures = []
-    for v in sorted(ng, key=lambda v: -v.image_score)[:limit]:
+    figures, shown = [], set()
+    for v in sorted(ng, key=lambda v: (v.lmm.status != "answered", -v.image_score)):
         path = Path(sent[v.frame_id][1])
+        if path in shown or len(figures) >= limit:  # the camera cycles its images: each once
+            continue
+        shown.add(path)
         rgb = resize_rgb(decode_image(path.read_bytes(), cfg.expert.max_image_pixels), cfg.expert.image_size)
         amap = expert.predict(to_batch([rgb], cfg.expert.image_size, mean, std)).anomaly_maps[0]
         if v.lmm.status == "answered":

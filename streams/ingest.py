@@ -286,8 +286,8 @@ class LineWorker:
         busy = sum(n for _, n in self._llm_pending)
         take = wanted[: max(0, policy.max_in_flight - busy)]
         for req in wanted[len(take):]:
-            outcomes[req["frame_id"]] = LmmOutcome(
-                status="shed", reason=f"LLM pool busy: {busy} answers in flight (max {policy.max_in_flight})")
+            why = f"LLM pool busy: {busy + len(take)} answers in flight (max {policy.max_in_flight})"
+            outcomes[req["frame_id"]] = LmmOutcome(status="shed", reason=why)
             s.llm_shed += 1
         if not take:
             return outcomes
@@ -305,7 +305,8 @@ class LineWorker:
                        for r in take]
         for a in answers:
             if isinstance(a, FrameFailure) and a.error.get("reason") == "shed":
-                outcomes[a.frame_id] = LmmOutcome(status="shed", reason=a.error.get("detail") or "shed by the LLM pool")
+                why = a.error.get("detail") or "shed by the LLM pool"
+                outcomes[a.frame_id] = LmmOutcome(status="shed", reason=why)
                 s.llm_shed += 1
             elif isinstance(a, FrameFailure):
                 outcomes[a.frame_id] = LmmOutcome(status="failed", reason=f"{a.error.get('reason')}: {a.error.get('detail', '')}")

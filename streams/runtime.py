@@ -6,9 +6,10 @@
 
 ``handle_factory(line) -> handle`` is called inside each consumer actor (again after a
 restart), so it must be picklable, e.g. ``cluster.stream_handles.ServeHandles`` (the Serve
-application's ingress handle); the handle contract is in ``streams.ingest``. Each actor runs its loop in a thread started by ``__init__``: when Ray
-restarts a dead actor (``consumer.max_restarts``), ``__init__`` runs again and the loop resumes
-from the group's committed offsets. A loop that fails exits the process so Ray restarts it.
+application's ingress handle); the handle contract is in ``streams.ingest``. Each actor runs
+its loop in a thread started by ``__init__``: when Ray restarts a dead actor
+(``consumer.max_restarts``), ``__init__`` runs again and the loop resumes from the group's
+committed offsets. A loop that fails exits the process so Ray restarts it.
 """
 
 from __future__ import annotations

@@ -240,3 +240,19 @@ def train_loop_per_worker(config: dict) -> None:
                 export_model(module, Path(config["export_dir"]), {**metrics, **state, "world_size": world})
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
+    _remove_shm_buffers(ctx.get_local_rank())
+
+
+def _remove_shm_buffers(local_rank: int) -> None:
+    """DeepSpeed's CPU all-reduce leaves /dev/shm/deepspeed_*_<addr>_<port>_<rank> (~70 MB
+    each, PLATFORM.md): remove this rank's, named by this process group's own port."""
+    import glob
+
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not (addr and port):
+        return
+    for path in glob.glob(f"/dev/shm/deepspeed_*_{addr}_{port}_{local_rank}"):
+        try:
+            os.remove(path)
+        except OSError:
+            pass

@@ -64,8 +64,8 @@ def test_quick_demo_end_to_end(tmp_path):
     assert table.num_rows == sent and set(table.column("line").to_pylist()) == {"brick", "gravel"}
     # The report: NG frames' overlays with the LMM's answer (or why it was shed).
     report = (out / "report.html").read_text()
-    ng = sum(s["stream"]["NG"] for s in summary["lines"].values())
-    assert ng >= 1 and report.count("<figure>") == min(ng, 8 * 2) or report.count("<figure>") >= 2
+    most = sum(min(s["stream"]["NG"], 8) for s in summary["lines"].values())  # --figures 8 per line
+    assert 1 <= report.count("<figure>") <= most  # one per NG source image
     assert "data:image/png;base64," in report and "LMM" in report and "expert evaluation" in report
 
     # Nothing left behind: the broker and the demo's Ray session are gone.

@@ -74,7 +74,11 @@ def test_ray_job_submit_trains_and_exports(tiny_dataset, tmp_path):
                "--set", "train.max_steps=2", "--set", "train.data.eval_samples=0",
                "--json", str(out / "summary.json")]
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+        for _ in range(20):  # the head's job agent comes up a few seconds after `ray start`
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
+            if "No available agent" not in proc.stdout + proc.stderr:
+                break
+            time.sleep(3)
         tail = (proc.stdout + proc.stderr)[-3000:]
         assert proc.returncode == 0, tail
         assert "succeeded" in proc.stdout.lower(), tail
