@@ -204,27 +204,41 @@ def _count(w: Watcher, ids: set[str], bad: int) -> dict:
             "dlq_reasons": sorted(set(w.dlq.values()))}
 
 
-def kill_run(cfg, runtime, images, fps: float, seconds: float, bootstrap: str) -> dict:
-    import ray
+def _fault_run(cfg, line: str, images, fps: float, seconds: float, bootstrap: str,
+               kill, timeout_s: float) -> tuple[dict, object]:
+    """Stream ``line`` for ``seconds``; call ``kill()`` a third of the way in; count outcomes.
 
-    line = "bench-kill"
+    Returns the counts (``_count``) and whatever ``kill`` returned.
+    """
     cam = _camera(cfg, line, images, fps, bootstrap)
     w = Watcher(cfg, line, bootstrap)
     try:
         t = threading.Thread(target=cam.run, kwargs={"duration_s": seconds})
         t.start()
         time.sleep(seconds / 3)
-        victim = runtime.consumers[line][0]
-        ray.kill(victim, no_restart=False)  # Ray restarts it; it resumes from the last commit
-        print(f"  killed the {line} consumer actor at t={seconds / 3:.0f}s")
+        victim = kill()
         t.join()
         ids = {fid for fid, _ in cam.sent}
-        w.wait_for(ids, timeout_s=120)
-        out = _count(w, ids, 0)
-        out["restarted"] = ray.get(victim.stats.remote())["restarted"]
+        w.wait_for(ids, timeout_s=timeout_s)
+        return _count(w, ids, 0), victim
     finally:
         w.close()
         cam.close()
+
+
+def kill_run(cfg, runtime, images, fps: float, seconds: float, bootstrap: str) -> dict:
+    import ray
+
+    line = "bench-kill"
+
+    def kill():
+        victim = runtime.consumers[line][0]
+        ray.kill(victim, no_restart=False)  # Ray restarts it; it resumes from the last commit
+        print(f"  killed the {line} consumer actor at t={seconds / 3:.0f}s")
+        return victim
+
+    out, victim = _fault_run(cfg, line, images, fps, seconds, bootstrap, kill, timeout_s=120)
+    out["restarted"] = ray.get(victim.stats.remote())["restarted"]
     return out
 
 
@@ -232,22 +246,13 @@ def replica_run(cfg, images, fps: float, seconds: float, bootstrap: str) -> dict
     """The expert's Serve replica killed a third of the way in; Serve starts a new one."""
     from cluster.stream_handles import kill_replica
 
-    line = "bench-replica"
-    cam = _camera(cfg, line, images, fps, bootstrap)
-    w = Watcher(cfg, line, bootstrap)
-    try:
-        t = threading.Thread(target=cam.run, kwargs={"duration_s": seconds})
-        t.start()
-        time.sleep(seconds / 3)
+    def kill():
         victim = kill_replica(APP, "expert")
         print(f"  killed the Serve replica {victim} at t={seconds / 3:.0f}s")
-        t.join()
-        ids = {fid for fid, _ in cam.sent}
-        w.wait_for(ids, timeout_s=180)
-        return {**_count(w, ids, 0), "killed": victim}
-    finally:
-        w.close()
-        cam.close()
+        return victim
+
+    out, victim = _fault_run(cfg, "bench-replica", images, fps, seconds, bootstrap, kill, timeout_s=180)
+    return {**out, "killed": victim}
 
 
 def malformed_run(cfg, images, fps: float, seconds: float, bootstrap: str) -> dict:
