@@ -53,7 +53,10 @@ def stop_cluster(temp_dir: str) -> None:
 
 def test_ray_job_submit_trains_and_exports(tiny_dataset, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths
-    gcs, dash = free_port(), free_port()
+    # Every port of its own: the suite's session cluster (conftest) already holds Ray's default
+    # agent ports (52365 ...), and a head whose dashboard agent cannot bind never takes jobs
+    # ("No available agent to submit job").
+    gcs, dash, agent_http, agent_grpc, env_agent, metrics = (free_port() for _ in range(6))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
            "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -62,6 +65,8 @@ def test_ray_job_submit_trains_and_exports(tiny_dataset, tmp_path):
         subprocess.run(
             [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=4",
              f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+             f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+             f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",
              f"--temp-dir={temp_dir}", "--disable-usage-stats"],
             env=env, check=True, capture_output=True, timeout=120)
         runtime_env = {"env_vars": {"MYRIAD_HOME": str(REPO / ".myriad"), "HF_HUB_OFFLINE": "1",
@@ -74,9 +79,9 @@ def test_ray_job_submit_trains_and_exports(tiny_dataset, tmp_path):
                "--set", "train.max_steps=2", "--set", "train.data.eval_samples=0",
                "--json", str(out / "summary.json")]
         t0 = time.time()
-        for _ in range(20):  # the head's job agent comes up a few seconds after `ray start`
+        while True:  # the head's job agent registers a few seconds after `ray start` returns
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-            if "No available agent" not in proc.stdout + proc.stderr:
+            if "No available agent" not in proc.stdout + proc.stderr or time.time() - t0 > 120:
                 break
             time.sleep(3)
         tail = (proc.stdout + proc.stderr)[-3000:]
