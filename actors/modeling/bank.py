@@ -30,7 +30,14 @@ from configs.schema import ExpertConfig
 BANK_FORMAT = "myriad-patchcore-bank"
 BANK_VERSION = 1
 # Config keys that change what a feature vector means: a bank is only valid under them.
-FEATURE_KEYS = ("backbone", "image_size", "neighbourhood", "feature_dim", "seed", "border_padding")
+FEATURE_KEYS = ("backbone", "image_size", "neighbourhood", "feature_dim", "seed", "border_padding",
+                "backbone_dtype")
+# Feature keys added after banks were already written, with the value those banks were fit with.
+_FEATURE_KEY_DEFAULTS = {"backbone_dtype": "float32"}
+
+
+def _bank_feature_keys(meta: "BankMeta") -> dict:
+    return {k: meta.expert.get(k, _FEATURE_KEY_DEFAULTS.get(k)) for k in FEATURE_KEYS}
 
 
 @dataclass
@@ -90,7 +97,7 @@ def read_meta(bank_dir: Path) -> BankMeta:
 
 def check_compatible(meta: BankMeta, cfg: ExpertConfig, bank_dir: Path) -> None:
     want = feature_signature(cfg)
-    have = {k: meta.expert.get(k) for k in FEATURE_KEYS}
+    have = _bank_feature_keys(meta)
     diffs = [f"expert.{k}: bank {have[k]!r}, config {want[k]!r}" for k in FEATURE_KEYS if have[k] != want[k]]
     if diffs:
         raise BankError(
@@ -103,7 +110,7 @@ def bank_config(bank_dir: Path, base: ExpertConfig) -> ExpertConfig:
     """The config a bank was fit with (feature keys from the bank, the rest from ``base``)."""
     meta = read_meta(bank_dir)
     data = base.model_dump(mode="json")
-    data.update({k: meta.expert[k] for k in FEATURE_KEYS})
+    data.update(_bank_feature_keys(meta))
     return ExpertConfig.model_validate(data)
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from actors.modeling.adapter import TokenAdapter
+from actors.modeling.grid import GRID_LABELS
 from actors.modeling.llm import LoRALinear, add_lora, build_llm, load_llm_weights
 from actors.modeling.lmm_errors import ModelInputError
 from actors.modeling.prompt import ParsedAnswer, PromptTemplate, parse_answer
@@ -81,6 +82,18 @@ class MyriadModel(nn.Module):
         self.lora: list[LoRALinear] = []
         prefix = tokenizer.encode(self.template.parts().prefix, add_special_tokens=False)
         self.register_buffer("prefix_ids", torch.tensor(prefix, dtype=torch.long), persistent=False)
+
+    @torch.no_grad()
+    def init_cell_names(self) -> None:
+        """TPG cell-name vectors := the LLM's mean input embedding of each grid label."""
+        if self.config.tpg.grid ** 2 != len(GRID_LABELS):
+            return  # another grid has no labels to borrow; the random init stays
+        embed = self.llm.get_input_embeddings().weight
+        names = []
+        for label in GRID_LABELS:
+            ids = self.tokenizer.encode(" " + label, add_special_tokens=False)
+            names.append(embed[torch.tensor(ids, dtype=torch.long)].float().mean(dim=0))
+        self.tpg.init_cell_names(torch.stack(names))
 
     # -- sizes ------------------------------------------------------------------------
     @property
@@ -242,6 +255,7 @@ def build_myriad(
         model.vision.load_pretrained(weights_dir)
         model.qformer.load_pretrained(weights_dir)
         load_llm_weights(model.llm, config.llm, weights_dir)
+    model.init_cell_names()
     if config.trainable.llm_lora:
         model.lora = add_lora(model.llm, config.lora)
     apply_trainable(model, config.trainable)

@@ -3,11 +3,19 @@
 The same kind of conv stack as the VPG turns the expert map into a 3x3 = 9-token layout,
 projected to the LLM width, followed by 9 learned tokens: 18 "VE tokens" placed in the LLM
 input after the projected Q-Former tokens.
+
+Where: a conv token alone says *how* anomalous its cell looks, not *which* cell it is (the
+LLM only sees its rank in the sequence). Each cell token therefore also carries a
+cell-name vector scaled by the cell's peak map value: ``token_c = proj(conv_c) +
+max(m in c) * name_c``. ``MyriadModel`` initialises ``name_c`` with the LLM's own embedding
+of the cell's grid label ("top left", ...), so a suspicious cell reads to the LLM as the
+word for its position, the word the answer has to contain (trainable from there).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from actors.modeling.vpg import MapConvStack
@@ -20,9 +28,19 @@ class TextualPromptGenerator(nn.Module):
         self.convs = MapConvStack(config)
         self.proj = nn.Linear(self.convs.out_channels, llm_width)
         self.learned = nn.Parameter(torch.randn(1, config.num_learned, llm_width) * 0.02)
+        self.cell_names = nn.Parameter(torch.randn(config.grid**2, llm_width) * 0.02)
         self.num_tokens = config.grid**2 + config.num_learned
+
+    @torch.no_grad()
+    def init_cell_names(self, names: torch.Tensor) -> None:
+        """Start the cell-name vectors from (grid**2, D_llm) embeddings of the cell labels."""
+        if tuple(names.shape) != tuple(self.cell_names.shape):
+            raise ValueError(f"cell names {tuple(names.shape)} != {tuple(self.cell_names.shape)}")
+        self.cell_names.copy_(names.to(self.cell_names.dtype))
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, grid**2 + num_learned, D_llm) VE tokens (18 by default)."""
         tokens = self.proj(self.convs(maps))  # (B, 9, D)
+        level = F.adaptive_max_pool2d(maps, self.convs.grid).flatten(1)  # (B, 9) in [0, 1]
+        tokens = tokens + level.unsqueeze(-1).to(tokens.dtype) * self.cell_names
         return torch.cat([tokens, self.learned.expand(tokens.shape[0], -1, -1)], dim=1)

@@ -3,7 +3,9 @@
 ``MapConvStack``: per block a 3x3 conv, ReLU and 2x2 max-pool, then an adaptive max-pool to a
 ``grid x grid`` layout, flattened to ``grid**2`` tokens. The VPG turns the expert map into
 7x7 = 49 "expert query" tokens at the Q-Former width; they are joined with the Q-Former's
-learned queries so the Q-Former attends where the expert points.
+learned queries so the Q-Former attends where the expert points. Each of the 49 tokens adds a
+learned position embedding: the Q-Former's queries carry no positions of their own, so without
+it a hot cell's query would not say where it is.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class VisualPromptGenerator(nn.Module):
         super().__init__()
         self.convs = MapConvStack(config)
         self.proj = nn.Linear(self.convs.out_channels, width)
+        self.pos = nn.Parameter(torch.randn(1, config.grid**2, width) * 0.02)
         self.num_tokens = config.grid**2
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.convs(maps))  # (B, 49, Hq)
+        return self.proj(self.convs(maps)) + self.pos  # (B, 49, Hq)

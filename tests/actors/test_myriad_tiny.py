@@ -232,3 +232,26 @@ def test_bad_inputs_are_refused(model):
         model.encode_text(["why? " * 200])
     with pytest.raises(ModelInputError, match="exceed the LLM context"):
         model.generate(x[:1], m[:1], ["why? " * 70], max_new_tokens=200)
+
+
+def test_tpg_cell_tokens_name_their_grid_cell(model):
+    """A hot cell's TPG token gains that cell's name vector, which starts as the LLM's own
+    embedding of the grid label; cold cells gain nothing; VPG tokens differ by position."""
+    from actors.modeling.grid import GRID_LABELS
+
+    embed = model.llm.get_input_embeddings().weight
+    for i, label in enumerate(GRID_LABELS):
+        ids = torch.tensor(model.tokenizer.encode(" " + label, add_special_tokens=False))
+        torch.testing.assert_close(model.tpg.cell_names[i], embed[ids].mean(0))
+    cold = torch.zeros(1, 1, S, S)
+    hot = cold.clone()
+    hot[..., : S // 3, : S // 3] = 0.8  # the top-left cell only
+    with torch.no_grad():
+        t_cold, t_hot = model.tpg(cold), model.tpg(hot)
+        conv_hot = model.tpg.proj(model.tpg.convs(hot))
+    torch.testing.assert_close(t_hot[0, 0] - conv_hot[0, 0], 0.8 * model.tpg.cell_names[0])
+    torch.testing.assert_close(t_hot[0, 1:9], conv_hot[0, 1:9])  # level 0 elsewhere
+    torch.testing.assert_close(t_cold[0, :9], model.tpg.proj(model.tpg.convs(cold))[0])
+    with torch.no_grad():
+        v = model.vpg(cold)
+    assert not torch.allclose(v[0, 0], v[0, 1])  # same (zero) map, different cells

@@ -67,6 +67,26 @@ def test_incompatible_bank_is_refused(tiny_bank):
         open_bank(tiny_bank, cfg.expert, None)
 
 
+def test_bfloat16_backbone_is_close_and_its_bank_key_is_checked(tiny_cfg, tiny_bank, tmp_path):
+    import torch
+
+    bf = tiny_cfg.expert.model_copy(update={"backbone_dtype": "bfloat16"})
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    a, b = PatchCore(tiny_cfg.expert, None).embed(x), PatchCore(bf, None).embed(x)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    rel = float((a - b).norm() / a.norm())
+    assert 0 < rel < 0.02, rel  # bf16 rounding: different, but by about a percent at most
+    with pytest.raises(BankError, match=r"expert.backbone_dtype: bank 'float32', config 'bfloat16'"):
+        open_bank(tiny_bank, bf, None)
+    # Banks written before the key existed were fit in float32 and still open.
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bank, old)
+    meta = json.loads((old / "bank.json").read_text())
+    del meta["expert"]["backbone_dtype"]
+    (old / "bank.json").write_text(json.dumps(meta))
+    open_bank(old, tiny_cfg.expert, None)
+
+
 def test_bank_version_and_garbage(tiny_bank, tmp_path, tiny_cfg):
     bad = tmp_path / "bank"
     shutil.copytree(tiny_bank, bad)
