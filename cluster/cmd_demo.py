@@ -20,8 +20,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -108,19 +112,28 @@ def model_for_demo(args, cfg) -> Path | None:
     if cfg.train is None:
         raise UserError(f"config {args.config!r} has no `train:` section and {model} does not exist; "
                         "pass --model DIR or --untrained")
-    from training.trainer import run_training
-
     print(f"[3/5] no trained model in {model}: a short training run ({args.train_steps} steps, "
-          "`myriad train`; ~6-7 s per step on 2 cores plus ~1-2 min of setup)", flush=True)
+          "`myriad train`; ~4-7 s per step on 2 cores plus ~1-2 min of setup)", flush=True)
     t0 = time.perf_counter()
-    train_cfg = config_from_args(argparse.Namespace(
-        config=args.config, overrides=[*args.overrides, f"train.max_steps={args.train_steps}"]))
+    overrides = [*args.overrides, f"train.max_steps={args.train_steps}"]
+    train_cfg = config_from_args(argparse.Namespace(config=args.config, overrides=overrides))
     from configs.train_schema import data_root
     from training.textures import build_textures
 
     if not (data_root(train_cfg) / "manifest.json").is_file():  # what `myriad data textures` writes
         build_textures(data_root(train_cfg), seed=0, progress=False)
-    summary = run_training(train_cfg)
+    # `python -m training` in its own process, exactly as a user runs it: its private Ray
+    # (token auth on) comes and goes there, and this process starts the demo's own Ray after.
+    with tempfile.TemporaryDirectory(prefix="myriad-demo-train-") as tmp:
+        summary_path = Path(tmp) / "summary.json"
+        cmd = [sys.executable, "-m", "training", "--config", args.config, "--json", str(summary_path)]
+        for item in overrides:
+            cmd += ["--set", item]
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0 or not summary_path.is_file():
+            raise UserError(f"the short training run failed (exit {proc.returncode}); see its output above, "
+                            "or pass --model DIR / --untrained")
+        summary = json.loads(summary_path.read_text())
     print(f"      trained in {time.perf_counter() - t0:.0f}s -> {summary['model_dir']}", flush=True)
     return Path(summary["model_dir"]).resolve()
 

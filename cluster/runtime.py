@@ -30,7 +30,9 @@ def connect(address: str | None, num_cpus: float | None = None, auth: str | None
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # Dashboard on 127.0.0.1 (next free port from 8265): the state API behind it is what
+        # Ray Train's placement-group cleaner polls when the demo trains a model.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
 
 
 def start_serve(http: HttpConfig) -> None:

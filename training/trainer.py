@@ -40,8 +40,10 @@ def ensure_ray(cfg) -> bool:
            "OMP_NUM_THREADS": str(cfg.train.scaling.threads_per_worker),
            "TORCH_EXTENSIONS_DIR": str(cfg.paths.home / "torch_extensions")}
     os.environ["RAY_worker_niceness"] = str(cfg.train.scaling.local_worker_niceness)
-    ray.init(num_cpus=cfg.train.scaling.local_num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": env})
+    # The dashboard (on 127.0.0.1, next free port from 8265) serves the state API that Ray
+    # Train's placement-group cleaner polls; without it the cleaner logs a warning a second.
+    ray.init(num_cpus=cfg.train.scaling.local_num_cpus, include_dashboard=True,
+             dashboard_host="127.0.0.1", runtime_env={"env_vars": env})
     return True
 
 
