@@ -89,7 +89,14 @@ class ExpertConfig(Strict):
     batch_size: int = Field(default=8, ge=1)
     # Fraction of train/good held out to calibrate the decision threshold.
     calibration_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    # Decision threshold = max(calibration scores) * threshold_margin.
+    # Decision threshold from the held-out normal scores s_1..s_n:
+    #   "max":        max(s)
+    #   "normal_fit": max(max(s), mean(s) + z * std(s)), z the standard normal quantile of
+    #                 1 - false_alarm_rate: the max of a few images under-estimates the tail
+    #                 of the normal scores a line will see (n = 8 images ~ its 89th percentile).
+    # then times threshold_margin.
+    threshold_rule: Literal["max", "normal_fit"] = "normal_fit"
+    false_alarm_rate: float = Field(default=0.001, gt=0.0, lt=0.5)
     threshold_margin: float = Field(default=1.0, gt=0.0)
     # Decompression-bomb guard: images above this many pixels are refused before decode.
     max_image_pixels: int = Field(default=64_000_000, ge=1024)

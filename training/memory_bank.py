@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -55,6 +56,16 @@ def extract(
     return used, feats
 
 
+def calibrated_threshold(scores: list[float], cfg: ExpertConfig) -> float:
+    """The decision threshold from held-out normal image scores (``expert.threshold_rule``)."""
+    s = np.asarray(scores, dtype=np.float64)
+    threshold = float(s.max())
+    if cfg.threshold_rule == "normal_fit" and len(s) >= 2:
+        z = NormalDist().inv_cdf(1.0 - cfg.false_alarm_rate)
+        threshold = max(threshold, float(s.mean() + z * s.std(ddof=1)))
+    return threshold * cfg.threshold_margin
+
+
 def fit_bank(
     cfg: ExpertConfig,
     weights_dir: Path | None,
@@ -97,7 +108,7 @@ def fit_bank(
         cal_used.extend(str(p) for p, _ in batch)
     if not cal_scores:
         raise DatasetError("no calibration image could be read")
-    threshold = max(cal_scores) * cfg.threshold_margin
+    threshold = calibrated_threshold(cal_scores, cfg)
     # The typical normal map value: ``BankMeta.normalize`` maps it to 0 and the threshold to 0.5.
     normal_level = min(float(np.median(np.concatenate(cal_patches))), 0.9 * threshold)
     meta = BankMeta(
@@ -107,7 +118,8 @@ def fit_bank(
         threshold=float(threshold),
         normal_level=normal_level,
         expert=cfg.model_dump(mode="json"),
-        calibration={"source": source, "images": cal_used, "scores": cal_scores},
+        calibration={"source": source, "rule": cfg.threshold_rule, "false_alarm_rate": cfg.false_alarm_rate,
+                     "images": cal_used, "scores": cal_scores},
         fit={
             "images": len(used),
             "patches": int(len(patches)),

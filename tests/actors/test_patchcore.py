@@ -155,3 +155,21 @@ def test_normalized_map_floor_and_bank_normalize(tiny_bank):
     meta = read_meta(tiny_bank)
     assert 0 < meta.normal_level < meta.threshold
     assert float(meta.normalize(np.array([meta.threshold]))[0]) == pytest.approx(0.5)
+
+
+def test_calibrated_threshold_rules(tiny_cfg):
+    from statistics import NormalDist
+
+    from training.memory_bank import calibrated_threshold
+
+    scores = [1.0, 2.0, 3.0, 4.0]
+    e = tiny_cfg.expert
+    assert calibrated_threshold(scores, e.model_copy(update={"threshold_rule": "max"})) == 4.0
+    z = NormalDist().inv_cdf(1 - 0.001)
+    want = 2.5 + z * float(np.std(scores, ddof=1))
+    fit = e.model_copy(update={"threshold_rule": "normal_fit", "false_alarm_rate": 0.001})
+    assert calibrated_threshold(scores, fit) == pytest.approx(want)
+    # never below the highest normal seen; one score has no spread to fit
+    assert calibrated_threshold([5.0, 5.0, 5.0], fit) == 5.0
+    assert calibrated_threshold([3.0], fit) == 3.0
+    assert calibrated_threshold(scores, fit.model_copy(update={"threshold_margin": 2.0})) == pytest.approx(2 * want)
