@@ -6,10 +6,12 @@ input after the projected Q-Former tokens.
 
 Where: a conv token alone says *how* anomalous its cell looks, not *which* cell it is (the
 LLM only sees its rank in the sequence). Each cell token therefore also carries a
-cell-name vector scaled by the cell's peak map value: ``token_c = proj(conv_c) +
-max(m in c) * name_c``. ``MyriadModel`` initialises ``name_c`` with the LLM's own embedding
-of the cell's grid label ("top left", ...), so a suspicious cell reads to the LLM as the
-word for its position, the word the answer has to contain (trainable from there).
+cell-name vector gated by the cell's peak map value: ``token_c = proj(conv_c) +
+sigmoid(k * (max(m in c) - t)) * name_c``. The normalized map puts the expert's threshold at
+0.5, so the gate starts there (``t = 0.5``, ``k = 12``; both learned): a cell above the
+threshold carries its name, a normal cell almost none. ``MyriadModel`` initialises ``name_c``
+with the LLM's own embedding of the cell's grid label ("top left", ...), so a suspicious cell
+reads to the LLM as the word for its position, the word the answer has to contain.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class TextualPromptGenerator(nn.Module):
         self.proj = nn.Linear(self.convs.out_channels, llm_width)
         self.learned = nn.Parameter(torch.randn(1, config.num_learned, llm_width) * 0.02)
         self.cell_names = nn.Parameter(torch.randn(config.grid**2, llm_width) * 0.02)
+        self.gate_threshold = nn.Parameter(torch.tensor([0.5]))  # the expert threshold on the map
+        self.gate_sharpness = nn.Parameter(torch.tensor([12.0]))
         self.num_tokens = config.grid**2 + config.num_learned
 
     @torch.no_grad()
@@ -38,9 +42,14 @@ class TextualPromptGenerator(nn.Module):
             raise ValueError(f"cell names {tuple(names.shape)} != {tuple(self.cell_names.shape)}")
         self.cell_names.copy_(names.to(self.cell_names.dtype))
 
+    def cell_gate(self, level: torch.Tensor) -> torch.Tensor:
+        """How much of its name a cell with peak map value ``level`` carries, in (0, 1)."""
+        return torch.sigmoid(self.gate_sharpness * (level - self.gate_threshold))
+
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, grid**2 + num_learned, D_llm) VE tokens (18 by default)."""
         tokens = self.proj(self.convs(maps))  # (B, 9, D)
         level = F.adaptive_max_pool2d(maps, self.convs.grid).flatten(1)  # (B, 9) in [0, 1]
-        tokens = tokens + level.unsqueeze(-1).to(tokens.dtype) * self.cell_names
+        gate = self.cell_gate(level).unsqueeze(-1).to(tokens.dtype)
+        tokens = tokens + gate * self.cell_names
         return torch.cat([tokens, self.learned.expand(tokens.shape[0], -1, -1)], dim=1)

@@ -235,8 +235,8 @@ def test_bad_inputs_are_refused(model):
 
 
 def test_tpg_cell_tokens_name_their_grid_cell(model):
-    """A hot cell's TPG token gains that cell's name vector, which starts as the LLM's own
-    embedding of the grid label; cold cells gain nothing; VPG tokens differ by position."""
+    """A hot cell's TPG token gains (nearly all of) that cell's name vector, which starts as the
+    LLM's own embedding of the grid label; cold cells almost none; VPG tokens differ by position."""
     from actors.modeling.grid import GRID_LABELS
 
     embed = model.llm.get_input_embeddings().weight
@@ -249,9 +249,14 @@ def test_tpg_cell_tokens_name_their_grid_cell(model):
     with torch.no_grad():
         t_cold, t_hot = model.tpg(cold), model.tpg(hot)
         conv_hot = model.tpg.proj(model.tpg.convs(hot))
-    torch.testing.assert_close(t_hot[0, 0] - conv_hot[0, 0], 0.8 * model.tpg.cell_names[0])
-    torch.testing.assert_close(t_hot[0, 1:9], conv_hot[0, 1:9])  # level 0 elsewhere
-    torch.testing.assert_close(t_cold[0, :9], model.tpg.proj(model.tpg.convs(cold))[0])
+    with torch.no_grad():
+        hot_gate, cold_gate = (float(model.tpg.cell_gate(torch.tensor(v))) for v in (0.8, 0.0))
+    assert hot_gate > 0.95 and cold_gate < 0.01  # the gate opens at the threshold (0.5)
+    names = model.tpg.cell_names.detach()
+    torch.testing.assert_close(t_hot[0, 0] - conv_hot[0, 0], hot_gate * names[0])
+    torch.testing.assert_close(t_hot[0, 1:9] - conv_hot[0, 1:9], cold_gate * names[1:9])
+    cold_conv = model.tpg.proj(model.tpg.convs(cold))[0]
+    torch.testing.assert_close(t_cold[0, :9] - cold_conv, cold_gate * names)
     with torch.no_grad():
         v = model.vpg(cold)
     assert not torch.allclose(v[0, 0], v[0, 1])  # same (zero) map, different cells
