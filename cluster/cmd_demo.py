@@ -105,6 +105,13 @@ def model_for_demo(args, cfg) -> Path | None:
         return None
     model = args.model or default_model_dir(cfg)
     if (model / "config.json").is_file():
+        from actors.modeling.checkpoint import check_format
+        from actors.modeling.lmm_errors import CheckpointError
+
+        try:
+            check_format(model)
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from None
         print(f"[3/5] Myriad model: {model}", flush=True)
         return model.resolve()
     if args.model is not None:

@@ -26,7 +26,8 @@ from actors.modeling.tokenizer_tiny import load_tokenizer
 from actors.modeling.vit_preprocess import ViTPreprocessor
 from configs.model_schema import ModelConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# 2: TPG cell-name tokens with their gate, VPG position embeddings (a v1 directory lacks them).
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -65,10 +66,23 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: invalid model config: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}") from None
 
 
+def check_format(directory: Path) -> None:
+    try:
+        manifest = json.loads((Path(directory) / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory}/manifest.json unreadable ({exc})") from None
+    have = manifest.get("format_version")
+    if have != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory}: model directory format {have!r}, this release reads {FORMAT_VERSION}; "
+            "retrain it (`myriad train`) or point at another model directory")
+
+
 def load_model_dir(directory: Path, expected: ModelConfig | None = None) -> MyriadModel:
     """Load a model directory; refuse it when ``expected`` is given and differs."""
     directory = Path(directory)
     cfg = read_model_config(directory)
+    check_format(directory)
     if expected is not None and cfg != expected:
         diff = config_diff(cfg.model_dump(mode="json"), expected.model_dump(mode="json"))
         raise CheckpointError(f"{directory} was saved with a different model config: " + "; ".join(diff[:6]))

@@ -260,3 +260,14 @@ def test_tpg_cell_tokens_name_their_grid_cell(model):
     with torch.no_grad():
         v = model.vpg(cold)
     assert not torch.allclose(v[0, 0], v[0, 1])  # same (zero) map, different cells
+
+
+def test_model_dir_of_another_format_is_refused(model, tmp_path):
+    import json
+
+    out = save_model_dir(model, tmp_path / "m")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"model directory format 1, this release reads 2; retrain"):
+        load_model_dir(out)
