@@ -76,7 +76,8 @@ class ExpertConfig(Strict):
     border_padding: int = Field(default=0, ge=0, le=128)
     # Precision of the backbone's convolutions (the bank, search and maps stay float32).
     # bfloat16 runs the backbone ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs, at
-    # ~1% feature error; on other CPUs it is slower: keep float32 there.
+    # ~1% feature error, which moved brick's image AUROC by -0.014 in `myriad bench expert`;
+    # on CPUs without BF16 it is slower. The presets keep float32.
     backbone_dtype: Literal["float32", "bfloat16"] = "float32"
     # Channel dimension each patch feature is pooled to (None keeps all channels).
     feature_dim: int | None = Field(default=None, ge=8)

@@ -88,8 +88,8 @@ class PatchFeatures(nn.Module):
         total = sum(self.backbone.channels)
         self.dim = cfg.feature_dim if cfg.feature_dim and cfg.feature_dim < total else total
         self.stride = self.backbone.strides[0]
-        # NHWC convolutions run ~1.5-2x faster than NCHW on CPU (oneDNN) for the same numbers
-        # (to float rounding); see `myriad bench expert`.
+        # NHWC convolutions take oneDNN's fast CPU path: the small backbone at 288 px, batch 8,
+        # 2 cores: 0.16 s vs 0.26 s in NCHW, same numbers to float rounding.
         self.backbone.to(memory_format=torch.channels_last)
         self.requires_grad_(False)
         self.eval()
