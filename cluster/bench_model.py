@@ -148,14 +148,10 @@ def register_bench(bsub) -> None:
 
 
 def _run_cli(args) -> int:
-    from cluster.cli import config_from_args
+    from cluster.cli import config_from_args, dump_json
 
     result = run_model_bench(config_from_args(args), args.tokens, args.repeats, args.threads)
-    text = json.dumps(result, indent=2, default=float)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
+    print(dump_json(result, args.json, default=float))
     return 0
 
 

@@ -17,7 +17,6 @@ path) and one line consumer actor per line calling it through Serve handles.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.cli import add_config_args, config_from_args
+from cluster.cli import add_config_args, config_from_args, dump_json
 
 log = logging.getLogger(__name__)
 APP = "myriad-bench-stream"
@@ -342,7 +341,5 @@ def run_stream_bench(args: argparse.Namespace) -> int:
                 serve.shutdown()
     finally:
         ray.shutdown()
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    dump_json(result, args.json)
     return 0

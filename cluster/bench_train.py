@@ -11,7 +11,6 @@ to a temporary storage directory and export nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -60,7 +59,7 @@ def bench_rows(cfg, rows: list[tuple[int, int]], steps: int) -> list[dict]:
 def run_bench_train(args: argparse.Namespace) -> int:
     import ray
 
-    from cluster.cli import UserError, config_from_args
+    from cluster.cli import UserError, config_from_args, dump_json
     from training.trainer import ensure_ray
 
     cfg = config_from_args(args)
@@ -83,7 +82,5 @@ def run_bench_train(args: argparse.Namespace) -> int:
     for r in result:
         print(f"{r['workers']:>8} {r['zero_stage']:>5} {r['samples_per_s']:>10.3f} "
               f"{r['global_batch']:>13} {r['wall_s']:>8}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"preset": cfg.preset, "rows": result}, indent=2))
+    dump_json({"preset": cfg.preset, "rows": result}, args.json)
     return 0

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from configs import ConfigError
 
@@ -48,6 +50,17 @@ def config_from_args(args: argparse.Namespace):
     from configs import load_config
 
     return load_config(args.config, args.overrides)
+
+
+def dump_json(data, path: Path | None = None, default=None) -> str:
+    """``data`` as indented JSON text, also written to ``path`` (parents created) when given:
+    what every command's ``--json OUT`` does."""
+    text = json.dumps(data, indent=2, default=default)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from cluster.cli import add_config_args, import_optional
+from cluster.cli import add_config_args, dump_json, import_optional
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +46,5 @@ def run_expert_bench(args: argparse.Namespace) -> int:
         print("ratios: " + "  ".join(f"{k}={v:.3f}" for k, v in result["ratios"].items()))
     else:
         print("anomalib is not installed (pip install -e '.[bench]'): myriad figures only")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=float))
+    dump_json(result, args.json, default=float)
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.cli import UserError, add_config_args, config_from_args
+from cluster.cli import UserError, add_config_args, config_from_args, dump_json
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     metrics = expert_metrics(pred, meta.threshold)
     metrics.update({"fit_seconds": fit_seconds, "category": args.category, **search_share(expert)})
     _print_metrics(metrics)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics, indent=2, default=_json_default))
+    dump_json(metrics, args.json, default=_json_default)
     return 0
 
 

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cluster.cli import UserError, add_config_args, config_from_args
+from cluster.cli import UserError, add_config_args, config_from_args, dump_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,11 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
     from training.trainer import run_training
 
     summary = run_training(_train_config(args))
-    text = json.dumps(summary, indent=2, default=str)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
+    print(dump_json(summary, args.json, default=str))
     return 0
 
 
@@ -103,7 +99,5 @@ def run_evaluate_lmm(args: argparse.Namespace) -> int:
         cells = [r.get(k) for k in KEYS]
         print(f"{name:10}" + "".join(f"{'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else v):>20}"
                                      for v in cells))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=float))
+    dump_json(result, args.json, default=float)
     return 0
