@@ -51,7 +51,10 @@ selected centre; under glibc malloc RSS was seen to grow to 19 GB with 20 traini
 ``mallopt(M_MMAP_THRESHOLD, 128 KiB)`` in-process (the same as starting Python with
 ``MALLOC_MMAP_THRESHOLD_=131072``), so large buffers go back to the OS when freed. The other
 remedy is ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2`` (Debian
-``libjemalloc2``) at process start.
+``libjemalloc2``) at process start. With ``heap_allocations`` (what the bench passes when
+``expert.heap_allocations`` is on) predict then runs under the allocator policy the project's
+expert uses (``actors/modeling/allocator.py``: large tensors from the heap, freed pages kept),
+so the predict ratio compares the engines, not the allocators.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ import torch
 from torch.nn import functional as F
 
 from actors.modeling._timm import ensure_torchvision_importable
+from actors.modeling.allocator import keep_freed_memory
 from training.metrics import image_auroc, pixel_auroc, pro_score
 
 log = logging.getLogger(__name__)
@@ -264,6 +268,7 @@ def run_anomalib_patchcore(
     std: Sequence[float] | None = None,
     seed: int = 0,
     limit_glibc_mmap: bool = True,
+    heap_allocations: bool = False,
 ) -> dict:
     """Fit anomalib's PatchCore on ``train/good`` and evaluate it on ``test`` (module doc).
 
@@ -295,6 +300,8 @@ def run_anomalib_patchcore(
         _seeded_coreset(model, coreset_ratio, seed)
         fit_seconds = time.perf_counter() - t0
         model.eval()
+        if heap_allocations:  # the allocator policy the project's expert predicts under
+            keep_freed_memory()
         t0 = time.perf_counter()
         test_x, sizes = _preprocess([it.path for it in items], image_size, mean, std)
         scores, maps = _predict(model, test_x, sizes, batch_size)

@@ -63,6 +63,7 @@ def anomalib_worker(config: str, overrides: list[str], data: str, category: str)
         image_size=e.image_size,
         coreset_ratio=e.coreset_ratio,
         num_neighbours=e.num_neighbours,
+        heap_allocations=e.heap_allocations,
     )
     out.setdefault("peak_memory_mb", _peak_mb())
     return out

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from actors.modeling.allocator import keep_freed_memory
 from actors.modeling.backbones import build_backbone
 from actors.modeling.knn import Searcher
 from configs.schema import ExpertConfig
@@ -83,6 +84,8 @@ class PatchFeatures(nn.Module):
     def __init__(self, cfg: ExpertConfig, weights_dir: Path | None) -> None:
         super().__init__()
         self.cfg = cfg
+        if cfg.heap_allocations:
+            keep_freed_memory()
         self.backbone = build_backbone(cfg.backbone, weights_dir, seed=cfg.seed)
         self.mean, self.std = NORMALISATION[cfg.backbone.kind.value]
         total = sum(self.backbone.channels)

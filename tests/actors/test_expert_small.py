@@ -54,3 +54,28 @@ def test_small_expert_on_real_textures(small_cfg, tmp_path):
     # maps peak inside the defect for most defective images
     hits = [mask.reshape(-1)[amap.argmax()] for amap, mask, bad in zip(pred.maps, pred.masks, pred.labels) if bad]
     assert np.mean(hits) >= 0.8
+
+
+def test_folded_backbone_matches_timm_and_skips_unused_blocks(small_cfg):
+    """Batch norm folded into the convs, trailing blocks dropped: the same feature maps."""
+    import skimage.data
+
+    from actors.modeling._timm import import_timm
+    from actors.modeling.backbones import build_backbone
+    from actors.modeling.preprocess import to_batch
+
+    cfg = small_cfg.expert.backbone
+    backbone = build_backbone(cfg, small_cfg.paths.weights_dir)
+    names = [type(m).__name__ for m in backbone.modules()]
+    assert "BatchNormAct2d" not in names and "BatchNorm2d" not in names
+    assert len(backbone.net.blocks) == 5  # stage 3 (stride 16) is block 4's output
+    reference = import_timm().create_model(cfg.kind.value, pretrained=False, features_only=True, out_indices=cfg.layers)
+    full = import_timm().create_model(cfg.kind.value, pretrained=False)
+    full.load_state_dict(weights.load_state_dict(small_cfg.paths.weights_dir, cfg.kind.value))
+    reference.load_state_dict({k: v for k, v in full.state_dict().items() if k in reference.state_dict()})
+    reference.eval()
+    x = to_batch([skimage.data.chelsea(), skimage.data.coffee()], 288, (0.5,) * 3, (0.5,) * 3)
+    with torch.no_grad():
+        for want, got in zip(reference(x), backbone(x)):
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))

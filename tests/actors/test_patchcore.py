@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from actors.modeling.bank import open_bank, read_meta
@@ -173,3 +174,40 @@ def test_calibrated_threshold_rules(tiny_cfg):
     assert calibrated_threshold([5.0, 5.0, 5.0], fit) == 5.0
     assert calibrated_threshold([3.0], fit) == 3.0
     assert calibrated_threshold(scores, fit.model_copy(update={"threshold_margin": 2.0})) == pytest.approx(2 * want)
+
+
+def test_batchnorm_folding_keeps_the_features():
+    """Conv + batch norm (with real, non-trivial statistics) merge into one conv."""
+    from actors.modeling.backbones import TinyCNN, fold_batchnorm
+
+    net = TinyCNN(8, seed=3)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.2, 3.0)
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert folded is not net
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for a, b in zip(net(x), folded(x)):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_folding_leaves_a_net_without_pairs_alone():
+    from actors.modeling.backbones import fold_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 3))
+    assert fold_batchnorm(net) is net  # norm before the conv: nothing to fold
+
+
+def test_heap_allocations_setting():
+    import platform
+
+    from actors.modeling.allocator import keep_freed_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected
+    assert keep_freed_memory() is expected  # idempotent
