@@ -26,8 +26,9 @@ from actors.modeling.tokenizer_tiny import load_tokenizer
 from actors.modeling.vit_preprocess import ViTPreprocessor
 from configs.model_schema import ModelConfig
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # 2: TPG cell-name tokens with their gate, VPG position embeddings (a v1 directory lacks them).
+# 3: the TPG gate's share-of-excess factor (two more scalars).
 WEIGHTS_FILE = "model.safetensors"
 
 

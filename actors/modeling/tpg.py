@@ -6,12 +6,20 @@ input after the projected Q-Former tokens.
 
 Where: a conv token alone says *how* anomalous its cell looks, not *which* cell it is (the
 LLM only sees its rank in the sequence). Each cell token therefore also carries a
-cell-name vector gated by the cell's peak map value: ``token_c = proj(conv_c) +
-sigmoid(k * (max(m in c) - t)) * name_c``. The normalized map puts the expert's threshold at
-0.5, so the gate starts there (``t = 0.5``, ``k = 12``; both learned): a cell above the
-threshold carries its name, a normal cell almost none. ``MyriadModel`` initialises ``name_c``
-with the LLM's own embedding of the cell's grid label ("top left", ...), so a suspicious cell
-reads to the LLM as the word for its position, the word the answer has to contain.
+cell-name vector gated by the cell's peak map value and by its share of the map's excess
+over the threshold::
+
+    token_c = proj(conv_c) + sigmoid(k * (max(m in c) - t)) * sigmoid(k_s * (share_c - s)) * name_c
+    share_c = sum(relu(m - t) in c) / sum(relu(m - t))
+
+The normalized map puts the expert's threshold at 0.5, so the gate starts there (``t = 0.5``,
+``k = 12``): a cell above the threshold carries its name, a normal cell almost none. The
+share factor mirrors the answer's own rule (``grid.mask_to_positions``: a cell is named when
+it holds at least 10% of the defect), so the blurred rim of a defect that spills into a
+neighbouring cell does not name that cell (``s = 0.1``, ``k_s = 40``); all four are learned.
+``MyriadModel`` initialises ``name_c`` with the LLM's own embedding of the cell's grid label
+("top left", ...), so a suspicious cell reads to the LLM as the word for its position, the
+word the answer has to contain.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from actors.modeling.grid import DEFAULT_MIN_FRACTION
 from actors.modeling.vpg import MapConvStack
 from configs.model_schema import TPGConfig
 
@@ -33,6 +42,8 @@ class TextualPromptGenerator(nn.Module):
         self.cell_names = nn.Parameter(torch.randn(config.grid**2, llm_width) * 0.02)
         self.gate_threshold = nn.Parameter(torch.tensor([0.5]))  # the expert threshold on the map
         self.gate_sharpness = nn.Parameter(torch.tensor([12.0]))
+        self.share_threshold = nn.Parameter(torch.tensor([DEFAULT_MIN_FRACTION]))
+        self.share_sharpness = nn.Parameter(torch.tensor([40.0]))
         self.num_tokens = config.grid**2 + config.num_learned
 
     @torch.no_grad()
@@ -42,14 +53,22 @@ class TextualPromptGenerator(nn.Module):
             raise ValueError(f"cell names {tuple(names.shape)} != {tuple(self.cell_names.shape)}")
         self.cell_names.copy_(names.to(self.cell_names.dtype))
 
-    def cell_gate(self, level: torch.Tensor) -> torch.Tensor:
-        """How much of its name a cell with peak map value ``level`` carries, in (0, 1)."""
-        return torch.sigmoid(self.gate_sharpness * (level - self.gate_threshold))
+    def cell_gate(self, level: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        """How much of its name a cell carries, in (0, 1), from its peak map value ``level``
+        and its ``share`` of the map's excess over the threshold."""
+        peak = torch.sigmoid(self.gate_sharpness * (level - self.gate_threshold))
+        return peak * torch.sigmoid(self.share_sharpness * (share - self.share_threshold))
+
+    def cell_share(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, grid**2): each cell's share of ``sum(relu(m - t))`` (0 if none)."""
+        excess = F.relu(maps - self.gate_threshold)
+        mass = F.adaptive_avg_pool2d(excess, self.convs.grid).flatten(1)  # (B, 9)
+        return mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-6)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, grid**2 + num_learned, D_llm) VE tokens (18 by default)."""
         tokens = self.proj(self.convs(maps))  # (B, 9, D)
         level = F.adaptive_max_pool2d(maps, self.convs.grid).flatten(1)  # (B, 9) in [0, 1]
-        gate = self.cell_gate(level).unsqueeze(-1).to(tokens.dtype)
+        gate = self.cell_gate(level, self.cell_share(maps)).unsqueeze(-1).to(tokens.dtype)
         tokens = tokens + gate * self.cell_names
         return torch.cat([tokens, self.learned.expand(tokens.shape[0], -1, -1)], dim=1)
