@@ -16,6 +16,8 @@ from torch import nn
 from actors.modeling.weights import load_state_dict
 from configs.schema import BackboneConfig, BackboneKind
 
+log = logging.getLogger(__name__)
+
 
 class TinyCNN(nn.Module):
     """Random-init 4-stage CNN (strides 2/4/8/16) for unit tests of the `tiny` preset."""
@@ -47,9 +49,6 @@ class TinyCNN(nn.Module):
             x = stage(x)
             feats.append(x)
         return feats
-
-
-log = logging.getLogger(__name__)
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
