@@ -96,6 +96,26 @@ def fit_lines(cfg, data: Path, out: Path, lines: list[str]) -> tuple[dict[str, P
     return banks, metrics
 
 
+def existing_model(args, cfg) -> Path | None:
+    """The model directory the demo will serve if one is there (None: --untrained or none
+    yet); a directory this release cannot read stops the demo here, before any work."""
+    from configs.train_schema import default_model_dir
+
+    if args.untrained:
+        return None
+    model = args.model or default_model_dir(cfg)
+    if not (model / "config.json").is_file():
+        return None
+    from actors.modeling.checkpoint import check_format
+    from actors.modeling.lmm_errors import CheckpointError
+
+    try:
+        check_format(model)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
+    return model
+
+
 def model_for_demo(args, cfg) -> Path | None:
     """The trained model directory to serve; trains a short run first when there is none."""
     from configs.train_schema import default_model_dir
@@ -103,17 +123,11 @@ def model_for_demo(args, cfg) -> Path | None:
     if args.untrained:
         print("[3/5] Myriad model: the config's untrained model (--untrained)", flush=True)
         return None
-    model = args.model or default_model_dir(cfg)
-    if (model / "config.json").is_file():
-        from actors.modeling.checkpoint import check_format
-        from actors.modeling.lmm_errors import CheckpointError
-
-        try:
-            check_format(model)
-        except CheckpointError as exc:
-            raise UserError(str(exc)) from None
+    model = existing_model(args, cfg)
+    if model is not None:
         print(f"[3/5] Myriad model: {model}", flush=True)
         return model.resolve()
+    model = args.model or default_model_dir(cfg)
     if args.model is not None:
         raise UserError(f"--model {model}: not a Myriad model directory (no config.json)")
     if cfg.train is None:
@@ -156,6 +170,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--lines {unknown}: each line is a texture, one of {sorted(PHOTOS)}")
     base = config_from_args(args)
+    existing_model(args, base)  # an outdated model directory: say so before any work
     out = (args.out or base.paths.home / "demo").resolve()
     t0 = time.perf_counter()
     shutil.rmtree(out / "verdicts", ignore_errors=True)  # this run's verdicts only

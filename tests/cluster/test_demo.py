@@ -76,3 +76,19 @@ def test_quick_demo_end_to_end(tmp_path):
         time.sleep(0.5)
     assert not any(_alive(p) for p in brokers)
     assert _ray_processes_of(proc.pid) == []
+
+
+def test_demo_refuses_an_outdated_model_directory_before_any_work(tmp_path):
+    """A model directory of an older format stops the demo at once, naming it (exit 2)."""
+    model = tmp_path / "old-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "manifest.json").write_text(json.dumps({"format_version": 1, "kind": "myriad"}))
+    out = tmp_path / "demo"
+    env = {**os.environ, "MYRIAD_HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, "-m", "cluster", "demo", "--model", str(model), "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{model}: model directory format 1, this release reads" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not (tmp_path / "home").exists()  # no weights, data or banks
