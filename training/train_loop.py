@@ -195,7 +195,7 @@ def train_loop_per_worker(config: dict) -> None:
             loss = engine.loss(pix, maps, ids, mask, labels)
         engine.backward(loss)
         engine.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         micro += 1
         if micro % t.grad_accum:
             continue
