@@ -8,7 +8,6 @@ expert) and ``myriad bench tp`` (tensor-parallel 2 vs 1 on CPU: tokens/s, identi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.cli import UserError, add_config_args, config_from_args
+from cluster.cli import UserError, add_config_args, config_from_args, dump_json
 from configs.serve_schema import LineConfig
 
 
@@ -139,7 +138,7 @@ def run_serve_bench(args: argparse.Namespace) -> int:
               f"{lv['p99_ms']:.0f} ms  {lv['throughput_rps']:.2f} req/s")
     print(f"serve with LLM answer (1 client): p50 {llm['p50_ms']:.0f} ms  p99 {llm['p99_ms']:.0f} ms")
     print(f"best Serve throughput / in-process: {result['serve_over_in_process']:.2f}")
-    _write(args.json, result)
+    dump_json(result, args.json)
     return 0
 
 
@@ -190,11 +189,6 @@ def run_tp_bench(args: argparse.Namespace) -> int:
               f"identical to unsharded: {r['identical_to_unsharded']}")
     if result["tp1"]["tokens_per_s"] > 0:
         print(f"TP2 / TP1 tokens/s: {result['tp2']['tokens_per_s'] / result['tp1']['tokens_per_s']:.2f}")
-    _write(args.json, result)
+    dump_json(result, args.json)
     return 0
 
-
-def _write(path: Path | None, result: dict) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))

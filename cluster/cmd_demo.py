@@ -116,17 +116,17 @@ def existing_model(args, cfg) -> Path | None:
     return model
 
 
-def model_for_demo(args, cfg) -> Path | None:
-    """The trained model directory to serve; trains a short run first when there is none."""
+def model_for_demo(args, cfg, existing: Path | None) -> Path | None:
+    """The trained model directory to serve (``existing``, from ``existing_model``); trains a
+    short run first when there is none."""
     from configs.train_schema import default_model_dir
 
     if args.untrained:
         print("[3/5] Myriad model: the config's untrained model (--untrained)", flush=True)
         return None
-    model = existing_model(args, cfg)
-    if model is not None:
-        print(f"[3/5] Myriad model: {model}", flush=True)
-        return model.resolve()
+    if existing is not None:
+        print(f"[3/5] Myriad model: {existing}", flush=True)
+        return existing.resolve()
     model = args.model or default_model_dir(cfg)
     if args.model is not None:
         raise UserError(f"--model {model}: not a Myriad model directory (no config.json)")
@@ -170,7 +170,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--lines {unknown}: each line is a texture, one of {sorted(PHOTOS)}")
     base = config_from_args(args)
-    existing_model(args, base)  # an outdated model directory: say so before any work
+    existing = existing_model(args, base)  # an outdated model directory: said before any work
     out = (args.out or base.paths.home / "demo").resolve()
     t0 = time.perf_counter()
     shutil.rmtree(out / "verdicts", ignore_errors=True)  # this run's verdicts only
@@ -180,7 +180,7 @@ def run_demo(args: argparse.Namespace) -> int:
     build_textures(data, seed=0, categories=tuple(args.lines), progress=False)
     print("[2/5] fitting and evaluating one PatchCore expert per line", flush=True)
     banks, evaluation = fit_lines(base, data, out, args.lines)
-    model_dir = model_for_demo(args, base)
+    model_dir = model_for_demo(args, base, existing)
     cfg = _config(args, out, model_dir, banks)
     print(f"[4/5] streaming: local Ray, embedded Kafka, Serve app {cfg.serve.app_name!r}, consumers; "
           f"{len(args.lines)} cameras at {args.fps:g} fps for {args.seconds:g}s", flush=True)
