@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             module.register_bench(bsub)
 
 
-BENCH_MODULES = ("cluster.bench_model", "cluster.bench_train", "cluster.bench_serve", "cluster.bench_stream")
+BENCH_MODULES = ("cluster.bench_model", "cluster.bench_train", "cluster.bench_serve", "cluster.bench_stream",
+                 "cluster.bench_gpu")
 
 
 KEYS = ("image_auroc", "pixel_auroc", "pro", "fit_seconds", "images_per_second", "peak_memory_mb", "search_share")

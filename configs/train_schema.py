@@ -91,6 +91,13 @@ class DataSection(Strict):
     # Training maps come from banks fit WITHOUT the image (k-fold), so they look like the
     # maps of unseen test images; 1 uses one bank on all images (maps of bank images ~ 0).
     expert_folds: int = Field(default=2, ge=1, le=10)
+    # Calibration jitter: a `map_gain_ratio` share of the samples get their normalized map
+    # multiplied by a gain drawn log-uniformly from `map_gain` (then clipped to [0, 1]).
+    # Unseen normals often run warmer than the banks' own calibration images (a new lot, new
+    # light, a texture's other half); the LMM then sees warm normal maps in training too and
+    # must read the image, not the map's level alone. (1, 1): off.
+    map_gain: tuple[float, float] = (1.0, 1.0)
+    map_gain_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     banks_dir: Path | None = None  # default: <home>/train/banks
     expert_batch_size: int = Field(default=8, ge=1)
     expert_cpus: float = Field(default=0.25, gt=0)  # per expert actor in map_batches
@@ -106,6 +113,8 @@ class DataSection(Strict):
             raise ValueError("area_range must satisfy 0 < lo <= hi < 1")
         if not 0 <= self.scratch_radius[0] <= self.scratch_radius[1]:
             raise ValueError("scratch_radius must satisfy 0 <= lo <= hi")
+        if not 0 < self.map_gain[0] <= self.map_gain[1]:
+            raise ValueError("map_gain must satisfy 0 < lo <= hi")
         return self
 
 

@@ -96,7 +96,8 @@ def build_dataset(cfg, sources: list[Source], banks: dict[tuple[str, int], str],
     )
     ds = ds.map_batches(
         ExpertMaps, fn_constructor_args=(cfg.expert.model_dump(mode="json"), str(cfg.paths.weights_dir),
-                                         {f"{c}|{f}": b for (c, f), b in banks.items()}),
+                                         {f"{c}|{f}": b for (c, f), b in banks.items()},
+                                         d.map_gain, d.map_gain_ratio, d.seed),
         batch_size=d.expert_batch_size, num_cpus=d.expert_cpus,
         compute=ray.data.ActorPoolStrategy(size=d.expert_concurrency),
     )

@@ -87,12 +87,14 @@ class Synthesize:
 class ExpertMaps:
     """Adds ``map`` (H, W) float16 in [0, 1]: the category's PatchCore map (threshold at 0.5)."""
 
-    def __init__(self, expert: dict, weights_dir: str, banks: dict[str, str]) -> None:
+    def __init__(self, expert: dict, weights_dir: str, banks: dict[str, str],
+                 gain: tuple[float, float] = (1.0, 1.0), gain_ratio: float = 0.0, seed: int = 0) -> None:
         import torch
 
         from configs.schema import ExpertConfig
 
         torch.set_num_threads(1)
+        self.gain, self.gain_ratio, self.seed = (float(gain[0]), float(gain[1])), float(gain_ratio), int(seed)
         self.cfg = ExpertConfig.model_validate(expert)
         self.weights_dir = Path(weights_dir)
         self.banks = banks
@@ -106,6 +108,17 @@ class ExpertMaps:
                 raise KeyError(f"no expert bank for {key!r} (have {sorted(self.banks)})")
             self.experts[key] = open_bank(Path(self.banks[key]), self.cfg, self.weights_dir)
         return self.experts[key]
+
+    def sample_gain(self, sample_id: int) -> float:
+        """The calibration-jitter gain of one sample (``data.map_gain``): 1.0 for the
+        samples outside ``map_gain_ratio``; deterministic in (seed, sample id)."""
+        lo, hi = self.gain
+        if self.gain_ratio <= 0.0 or hi == 1.0 == lo:
+            return 1.0
+        rng = np.random.default_rng([self.seed, 0x6A1, sample_id])
+        if rng.random() >= self.gain_ratio:
+            return 1.0
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
     def __call__(self, batch: dict) -> dict:
         from actors.modeling.patchcore import normalized_map
@@ -121,6 +134,8 @@ class ExpertMaps:
             out = expert.predict(to_batch([batch["image"][i] for i in rows], self.cfg.image_size, mean, std))
             for j, i in enumerate(rows):
                 norm = normalized_map(out.anomaly_maps[j], meta.threshold)
+                if "id" in batch:
+                    norm = norm * self.sample_gain(int(batch["id"][i]))
                 maps[i] = np.clip(resize_map(norm, h, w), 0.0, 1.0)
                 scores[i] = out.scores[j] / meta.threshold
         return {**batch, "map": maps, "expert_score": scores}

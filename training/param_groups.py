@@ -77,6 +77,13 @@ def deepspeed_config(train: TrainConfig, world_size: int) -> dict:
                                          "stage3_gather_16bit_weights_on_model_save": False})
     if train.precision == Precision.deepspeed and train.dtype != DType.fp32:
         cfg[train.dtype.value] = {"enabled": True}
+    elif train.precision == Precision.autocast and train.dtype != DType.fp32:
+        # DeepSpeed switches off a torch.autocast entered outside its engine (its forward runs
+        # under its own `torch_autocast` setting), so the autocast dtype must be declared here
+        # or the forward silently runs in fp32. No module's gradients are reduced in the lower
+        # precision (an empty safe-module list): fp32 all-reduce, as under DDP.
+        cfg["torch_autocast"] = {"enabled": True, "dtype": train.dtype.value,
+                                 "lower_precision_safe_modules": []}
     return cfg
 
 

@@ -39,11 +39,36 @@ def _batches(shard, micro: int):
 
 
 def _inputs(model, batch, pad_id):
+    """A numpy batch -> model inputs, on the model's device."""
     from training.data_ops import collate
 
     vit = model.preprocessor(list(batch["image"]), [m.astype(np.float32) for m in batch["map"]])
     ids, mask, labels = collate(batch, pad_id)
-    return vit.pixel_values, vit.maps, ids, mask, labels
+    device = model.prefix_ids.device
+    return tuple(t.to(device, non_blocking=True)
+                 for t in (vit.pixel_values, vit.maps, ids, mask, labels))
+
+
+def train_step(engine, model, batch, pad_id, autocast) -> float:
+    """One micro-batch: forward under ``autocast``, backward, optimizer step at the
+    accumulation boundary; returns the loss."""
+    pix, maps, ids, mask, labels = _inputs(model, batch, pad_id)
+    with autocast():
+        loss = engine.loss(pix, maps, ids, mask, labels)
+    engine.backward(loss)
+    engine.step()
+    return float(loss.detach())
+
+
+def worker_device(use_gpu: bool):
+    """This rank's device: Ray Train gives each GPU worker its own visible device."""
+    import torch
+
+    if not use_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.scaling.use_gpu is true but this worker sees no CUDA device")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _all_mean(values: list[float]) -> list[float]:
@@ -156,7 +181,8 @@ def train_loop_per_worker(config: dict) -> None:
 
         deepspeed.init_distributed(dist_backend=config["backend"])
     torch.manual_seed(t.seed)
-    model = build_myriad(cfg.model, cfg.paths.weights_dir)
+    device = worker_device(t.scaling.use_gpu)
+    model = build_myriad(cfg.model, cfg.paths.weights_dir).to(device)
     engine = make_engine(model, t, world)
     state = _restore(engine, config)
     state["world_size"] = world
@@ -165,12 +191,11 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             _append(config.get("metrics_log"), {"resumed_at": state["step"]})
     dtype = autocast_dtype(t)
-    device = "cuda" if t.scaling.use_gpu else "cpu"
 
     def autocast():
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device, dtype=dtype)
+        return torch.autocast(device.type, dtype=dtype)
 
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -190,12 +215,7 @@ def train_loop_per_worker(config: dict) -> None:
         next(batches, None)
     for batch in batches:
         lr = set_lr(engine.optimizer, state["step"], t)
-        pix, maps, ids, mask, labels = _inputs(model, batch, pad)
-        with autocast():
-            loss = engine.loss(pix, maps, ids, mask, labels)
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
+        losses.append(train_step(engine, model, batch, pad, autocast))
         micro += 1
         if micro % t.grad_accum:
             continue

@@ -108,3 +108,26 @@ def test_config_extends_and_train_section(tmp_path):
         load_config("tiny", ["train.zero_stage=4"])
     with pytest.raises(ConfigError, match="lr_scale"):
         load_config("tiny", ["train.optimizer.lr_scale={vit: 2}"])
+
+
+def test_map_gain_jitter_is_deterministic_and_bounded():
+    from training.data_ops import ExpertMaps
+
+    expert = load_config("tiny").expert.model_dump(mode="json")
+    off = ExpertMaps(expert, ".", {})
+    assert {off.sample_gain(i) for i in range(50)} == {1.0}
+    on = ExpertMaps(expert, ".", {}, gain=(1.0, 2.0), gain_ratio=0.5, seed=3)
+    gains = np.array([on.sample_gain(i) for i in range(400)])
+    assert gains.min() >= 1.0 and gains.max() <= 2.0
+    assert 0.4 < np.mean(gains == 1.0) < 0.6  # about half the samples are left alone
+    jittered = gains[gains != 1.0]
+    assert np.median(jittered) == pytest.approx(np.sqrt(2.0), rel=0.1)  # log-uniform on [1, 2]
+    again = ExpertMaps(expert, ".", {}, gain=(1.0, 2.0), gain_ratio=0.5, seed=3)
+    assert [again.sample_gain(i) for i in range(400)] == gains.tolist()
+    other = ExpertMaps(expert, ".", {}, gain=(1.0, 2.0), gain_ratio=0.5, seed=4)
+    assert [other.sample_gain(i) for i in range(400)] != gains.tolist()
+
+
+def test_map_gain_range_is_validated():
+    with pytest.raises(ConfigError, match="map_gain"):
+        load_config("tiny", ["train.data.map_gain=[2.0, 1.0]"])
