@@ -61,14 +61,19 @@ def train_step(engine, model, batch, pad_id, autocast) -> float:
 
 
 def worker_device(use_gpu: bool):
-    """This rank's device: Ray Train gives each GPU worker its own visible device."""
+    """This rank's device: the GPU Ray Train assigned to this worker (``get_device`` also
+    makes it torch's current device), else the CPU."""
     import torch
 
     if not use_gpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("train.scaling.use_gpu is true but this worker sees no CUDA device")
-    return torch.device("cuda", torch.cuda.current_device())
+    import ray.train.torch
+
+    device = ray.train.torch.get_device()
+    torch.cuda.set_device(device)
+    return device
 
 
 def _all_mean(values: list[float]) -> list[float]:
@@ -176,12 +181,12 @@ def train_loop_per_worker(config: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = worker_device(t.scaling.use_gpu)  # before NCCL starts: it binds the current device
     if t.strategy.value == "deepspeed":
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=config["backend"])
     torch.manual_seed(t.seed)
-    device = worker_device(t.scaling.use_gpu)
     model = build_myriad(cfg.model, cfg.paths.weights_dir).to(device)
     engine = make_engine(model, t, world)
     state = _restore(engine, config)
