@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -52,8 +53,9 @@ class TextBatch:
     labels: torch.Tensor | None  # (B, T) answer ids, -100 on the question and padding
 
 
-@dataclass
-class MyriadOutput:
+class MyriadOutput(NamedTuple):
+    # A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 finds the tensors of tuples and dicts
+    # only, and needs them to hook the end of the model's backward.
     logits: torch.Tensor  # (B, Lp + V + T, vocab)
     loss: torch.Tensor | None  # mean CE over answer tokens, only when labels were given
 
