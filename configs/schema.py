@@ -71,6 +71,12 @@ class ExpertConfig(Strict):
     image_size: int = Field(default=224, ge=32, le=1024)
     # Local neighbourhood aggregation (PatchCore's 3x3 patch neighbourhood).
     neighbourhood: int = Field(default=3, ge=1, le=7)
+    # The neighbourhood average counts the zero padding at the feature map's edge, as
+    # PatchCore's reference implementation and anomalib do (torch AvgPool2d's default): edge
+    # patches come out scaled down and match only edge patches of the bank. Averaging the
+    # in-image cells alone left noisy edge patches that topped the normal images' scores
+    # (small preset, image AUROC brick/grass/gravel 0.985/0.945/0.990 -> 1.000/0.973/1.000).
+    neighbourhood_zero_padding: bool = True
     # Pixels of mirrored border added before the backbone (a multiple of the coarsest
     # stage's stride); border patches then see a plausible surround, not zero padding.
     border_padding: int = Field(default=0, ge=0, le=128)

@@ -31,9 +31,9 @@ BANK_FORMAT = "myriad-patchcore-bank"
 BANK_VERSION = 1
 # Config keys that change what a feature vector means: a bank is only valid under them.
 FEATURE_KEYS = ("backbone", "image_size", "neighbourhood", "feature_dim", "seed", "border_padding",
-                "backbone_dtype")
+                "backbone_dtype", "neighbourhood_zero_padding")
 # Feature keys added after banks were already written, with the value those banks were fit with.
-_FEATURE_KEY_DEFAULTS = {"backbone_dtype": "float32"}
+_FEATURE_KEY_DEFAULTS = {"backbone_dtype": "float32", "neighbourhood_zero_padding": False}
 
 
 def _bank_feature_keys(meta: "BankMeta") -> dict:

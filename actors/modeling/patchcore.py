@@ -128,7 +128,8 @@ class PatchFeatures(nn.Module):
         pooled = []
         for f in feats:
             if k > 1:
-                f = F.avg_pool2d(f, k, stride=1, padding=k // 2, count_include_pad=False)
+                f = F.avg_pool2d(f, k, stride=1, padding=k // 2,
+                                 count_include_pad=self.cfg.neighbourhood_zero_padding)
             if f.shape[-2:] != size:
                 f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
             pooled.append(f)

@@ -211,3 +211,28 @@ def test_heap_allocations_setting():
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected
     assert keep_freed_memory() is expected  # idempotent
+
+
+def test_neighbourhood_counts_the_zero_padding_at_the_edge(tiny_cfg, tiny_bank, tmp_path):
+    import torch
+
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    one_stage = tiny_cfg.expert.backbone.model_copy(update={"layers": (1,)})  # no upsampled stage
+    on_cfg = tiny_cfg.expert.model_copy(update={"backbone": one_stage, "feature_dim": None})
+    on = PatchCore(on_cfg, None).embed(x)  # default: zero padding counted
+    off = PatchCore(on_cfg.model_copy(update={"neighbourhood_zero_padding": False}), None).embed(x)
+    off_cfg = tiny_cfg.expert.model_copy(update={"neighbourhood_zero_padding": False})
+    # Interior patches average the same nine cells; a corner averages 4 real cells, so it
+    # is 4/9 of the in-map mean, an edge 6/9 (anomalib / PatchCore's AvgPool2d(3, 1, 1)).
+    torch.testing.assert_close(on[:, 1:-1, 1:-1], off[:, 1:-1, 1:-1])
+    torch.testing.assert_close(on[:, 0, 0], off[:, 0, 0] * 4 / 9, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(on[:, 0, 5], off[:, 0, 5] * 6 / 9, rtol=1e-5, atol=1e-6)
+    # A bank written before the key existed was fit without the padding: refused now.
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bank, old)
+    meta = json.loads((old / "bank.json").read_text())
+    del meta["expert"]["neighbourhood_zero_padding"]
+    (old / "bank.json").write_text(json.dumps(meta))
+    with pytest.raises(BankError, match=r"expert.neighbourhood_zero_padding: bank False, config True"):
+        open_bank(old, tiny_cfg.expert, None)
+    open_bank(old, off_cfg, None)
