@@ -90,12 +90,15 @@ def decode_image(
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8, bilinear with antialiasing."""
+    """(H, W, 3) uint8 -> (size, size, 3) uint8: ``to_batch``'s resize, rounded to uint8, so
+    a picture resized here first (serving, streams, training) scores as ``to_batch`` of the
+    original does, up to that rounding."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
     if image.shape[:2] == (size, size):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    x = _resize_float(image, size).mul_(255.0).round_().clamp_(0.0, 255.0)
+    return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
 def _resize_float(image: np.ndarray, size: int) -> torch.Tensor:

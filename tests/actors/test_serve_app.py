@@ -98,14 +98,15 @@ def test_health_auth_and_lines(app):
 
 def test_inspect_verdicts_match_in_process_expert(app, tiny_dataset, tiny_bank, tiny_cfg):
     from actors.modeling.bank import open_bank
-    from actors.modeling.preprocess import decode_image, to_batch
+    from actors.modeling.preprocess import decode_image, resize_rgb, to_batch
 
     good, bad = images(tiny_dataset)
     expert, meta = open_bank(tiny_bank, tiny_cfg.expert, tiny_cfg.paths.weights_dir)
     for data, want in ((good, False), (bad, True)):
         status, out = call(app["url"] + "/v1/inspect?line=stripes&map=overlay", "POST", data, ctype="image/png")
         assert status == 200, out
-        ref = expert.predict(to_batch([decode_image(data)], 64, *expert.mean_std)).scores[0]
+        # The ingress resizes to the work size (64) once, for the expert and the ViT alike.
+        ref = expert.predict(to_batch([resize_rgb(decode_image(data), 64)], 64, *expert.mean_std)).scores[0]
         assert out["score"] == pytest.approx(float(ref), rel=1e-5)
         assert out["anomalous"] is want and out["threshold"] == pytest.approx(meta.threshold)
         pic = Image.open(io.BytesIO(base64.b64decode(out["map_png"])))

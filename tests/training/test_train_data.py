@@ -28,7 +28,7 @@ def test_balance_and_rank_ids():
 
 def test_sources_and_folds(tiny_dataset):
     src = list_sources(tiny_dataset, ("stripes",), (), 2)
-    assert len(src) == 12 and {s.fold for s in src} == {0, 1}
+    assert len(src) == 24 and {s.fold for s in src} == {0, 1}
     assert all("/train/good/" in s.path for s in src)  # never test images
 
 
