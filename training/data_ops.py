@@ -194,8 +194,8 @@ def collate(batch: dict, pad_id: int):
     ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), t), dtype=torch.long)
     labels = torch.full((len(seqs), t), IGNORE, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, labs)):
-        ids[i, : len(s)] = torch.as_tensor(np.asarray(s, np.int64))
+    for i, (s, lab) in enumerate(zip(seqs, labs)):  # np.array copies Ray Data's read-only rows
+        ids[i, : len(s)] = torch.from_numpy(np.array(s, np.int64))
         mask[i, : len(s)] = 1
-        labels[i, : len(s)] = torch.as_tensor(np.asarray(lab, np.int64))
+        labels[i, : len(s)] = torch.from_numpy(np.array(lab, np.int64))
     return ids, mask, labels

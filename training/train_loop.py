@@ -61,8 +61,8 @@ def train_step(engine, model, batch, pad_id, autocast) -> float:
 
 
 def worker_device(use_gpu: bool):
-    """This rank's device: the GPU Ray Train assigned to this worker (``get_device`` also
-    makes it torch's current device), else the CPU."""
+    """This rank's device: the GPU Ray Train assigned to this worker, made torch's current
+    device (NCCL binds to it), else the CPU."""
     import torch
 
     if not use_gpu:

@@ -221,7 +221,6 @@ def test_neighbourhood_counts_the_zero_padding_at_the_edge(tiny_cfg, tiny_bank, 
     on_cfg = tiny_cfg.expert.model_copy(update={"backbone": one_stage, "feature_dim": None})
     on = PatchCore(on_cfg, None).embed(x)  # default: zero padding counted
     off = PatchCore(on_cfg.model_copy(update={"neighbourhood_zero_padding": False}), None).embed(x)
-    off_cfg = tiny_cfg.expert.model_copy(update={"neighbourhood_zero_padding": False})
     # Interior patches average the same nine cells; a corner averages 4 real cells, so it
     # is 4/9 of the in-map mean, an edge 6/9 (anomalib / PatchCore's AvgPool2d(3, 1, 1)).
     torch.testing.assert_close(on[:, 1:-1, 1:-1], off[:, 1:-1, 1:-1])
@@ -235,4 +234,4 @@ def test_neighbourhood_counts_the_zero_padding_at_the_edge(tiny_cfg, tiny_bank, 
     (old / "bank.json").write_text(json.dumps(meta))
     with pytest.raises(BankError, match=r"expert.neighbourhood_zero_padding: bank False, config True"):
         open_bank(old, tiny_cfg.expert, None)
-    open_bank(old, off_cfg, None)
+    open_bank(old, tiny_cfg.expert.model_copy(update={"neighbourhood_zero_padding": False}), None)
