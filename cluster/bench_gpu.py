@@ -17,10 +17,11 @@ the figures need (speed and memory do not depend on the weights' values).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import gc
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -44,32 +45,19 @@ def _init_process_group(backend: str) -> None:
     deepspeed.init_distributed(dist_backend=backend)
 
 
-def synthetic_batch(model, tokenizer, n: int, size: int, seed: int = 0) -> dict:
-    """``n`` rows as the Ray Data pipeline hands them to ``train_loop_per_worker``:
-    uint8 images, float maps, and the template's answer tokenised with -100 on the prompt."""
-    from actors.modeling import grid
-    from training.data_ops import tokenize
+def synthetic_batch(cfg, n: int, size: int, tokenizer_dir: str | None, seed: int = 0) -> dict:
+    """``n`` rows as the Ray Data pipeline hands them to ``train_loop_per_worker``: uint8
+    images, float maps, and the text columns from the pipeline's own ``TextTokens`` stage
+    (half the rows normal, half with one defect cell)."""
+    from actors.modeling.grid import GRID_LABELS
+    from training.data_ops import TextTokens
 
     rng = np.random.default_rng(seed)
-    cells = list(grid.GRID_LABELS)
-    rows: dict[str, list] = {"image": [], "map": [], "text_ids": [], "labels": []}
-    for i in range(n):
-        rows["image"].append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-        rows["map"].append(rng.random((size, size), dtype=np.float32))
-        positions = [] if i % 2 == 0 else [cells[i % len(cells)]]
-        ids, lab = tokenize(tokenizer, model.template, None, model.template.answer(positions))
-        rows["text_ids"].append(np.asarray(ids, np.int64))
-        rows["labels"].append(np.asarray(lab, np.int64))
-    out = {}
-    for k, v in rows.items():
-        if k in ("text_ids", "labels"):
-            arr = np.empty(n, dtype=object)
-            for j, x in enumerate(v):
-                arr[j] = x
-            out[k] = arr
-        else:
-            out[k] = np.stack(v)
-    return out
+    positions = ["" if i % 2 == 0 else GRID_LABELS[i % len(GRID_LABELS)] for i in range(n)]
+    batch = {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+             "map": rng.random((n, size, size), dtype=np.float32),
+             "positions": np.asarray(positions)}
+    return TextTokens(cfg.model.model_dump(mode="json"), tokenizer_dir)(batch)
 
 
 def _build(cfg, random_weights: bool, device: str):
@@ -90,8 +78,9 @@ def run_gpu_bench(cfg, stages: tuple[int, ...] = (1, 2, 3), steps: int = 4, micr
     import torch
 
     from actors.modeling.myriad import parameter_counts
+    from training.data import tokenizer_dir
     from training.engine import make_engine
-    from training.param_groups import autocast_dtype
+    from training.param_groups import autocast_context
     from training.train_loop import train_step
 
     cuda = device == "cuda"
@@ -104,6 +93,7 @@ def run_gpu_bench(cfg, stages: tuple[int, ...] = (1, 2, 3), steps: int = 4, micr
     _init_process_group("nccl" if cuda else "gloo")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     size = cfg.model.vision.image_size
+    batch = synthetic_batch(cfg, micro, size, None if random_weights else tokenizer_dir(cfg))
     result: dict = {"preset": cfg.preset, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
                     "torch": torch.__version__, "micro_batch": micro, "image_size": size,
                     "random_weights": random_weights, "stages": {}}
@@ -122,12 +112,7 @@ def run_gpu_bench(cfg, stages: tuple[int, ...] = (1, 2, 3), steps: int = 4, micr
         engine = make_engine(model, train, 1)
         tok = model.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        batch = synthetic_batch(model, tok, micro, size)
-        dtype = autocast_dtype(train)
-
-        def autocast():
-            return contextlib.nullcontext() if dtype is None else torch.autocast(device, dtype=dtype)
-
+        autocast = functools.partial(autocast_context, train, device)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         losses, times = [], []
@@ -150,20 +135,18 @@ def run_gpu_bench(cfg, stages: tuple[int, ...] = (1, 2, 3), steps: int = 4, micr
     # Generation as serving runs it: a plain model (no training engine, no ZeRO-3 partitions),
     # weights in bf16 on the device.
     model = _build(cfg, random_weights, device).to(torch.bfloat16)
-    result["generate"] = _generate(model, synthetic_batch(model, model.tokenizer, 1, size),
-                                   new_tokens, device)
+    result["generate"] = _generate(model, batch, new_tokens, device, sync)
     return result
 
 
-def _generate(model, batch, new_tokens: int, device: str) -> dict:
+def _generate(model, batch, new_tokens: int, device: str, sync) -> dict:
+    """Greedy answer to the batch's first image: seconds and tokens/s after a warm-up."""
     import torch
 
     model.eval()
-    vit = model.preprocessor(list(batch["image"][:1]), [m for m in batch["map"][:1]])
-    pix, maps = vit.pixel_values.to(device), vit.maps.to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    vit = model.preprocessor(list(batch["image"][:1]), list(batch["map"][:1]))
     dtype = next(model.parameters()).dtype
-    pix, maps = pix.to(device, dtype), maps.to(device, dtype)
+    pix, maps = vit.pixel_values.to(device, dtype), vit.maps.to(device, dtype)
     with torch.no_grad():
         model.generate(pix, maps, [None], max_new_tokens=4)  # warm-up
         sync()
@@ -173,7 +156,7 @@ def _generate(model, batch, new_tokens: int, device: str) -> dict:
         s = time.perf_counter() - t0
     n = max(answer.new_tokens, 1)
     return {"seconds": round(s, 3), "new_tokens": answer.new_tokens, "tokens_per_s": round(n / s, 1),
-            "weights_dtype": str(next(model.parameters()).dtype)}
+            "weights_dtype": str(dtype)}
 
 
 def register_bench(bsub) -> None:
@@ -208,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cluster.bench_gpu", description=__doc__.split("\n")[0])
     bsub = p.add_subparsers(dest="what", required=True)
     register_bench(bsub)
-    args = p.parse_args(["gpu", *(argv if argv is not None else os.sys.argv[1:])])
+    args = p.parse_args(["gpu", *(argv if argv is not None else sys.argv[1:])])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return args.handler(args)
 

@@ -8,6 +8,7 @@ schedule is linear warm-up then cosine decay to ``min_lr_ratio``, applied per st
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -92,3 +93,12 @@ def autocast_dtype(train: TrainConfig) -> torch.dtype | None:
     if train.precision != Precision.autocast or train.dtype == DType.fp32:
         return None
     return torch.bfloat16 if train.dtype == DType.bf16 else torch.float16
+
+
+def autocast_context(train: TrainConfig, device_type: str):
+    """The forward's mixed-precision context on ``device_type`` ("cpu"/"cuda"): torch.autocast
+    at ``autocast_dtype(train)``, or a no-op when there is none."""
+    dtype = autocast_dtype(train)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)

@@ -9,7 +9,7 @@ rank 0 exports the model directory serving loads (``training.export``).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -173,7 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
     from configs import load_config
     from training.engine import make_engine
     from training.export import export_model
-    from training.param_groups import autocast_dtype, set_lr
+    from training.param_groups import autocast_context, set_lr
 
     cfg = load_config(config["config"])
     t = cfg.train
@@ -195,12 +195,7 @@ def train_loop_per_worker(config: dict) -> None:
         log.info("rank %d: resumed at step %d", rank, state["step"])
         if rank == 0:
             _append(config.get("metrics_log"), {"resumed_at": state["step"]})
-    dtype = autocast_dtype(t)
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+    autocast = functools.partial(autocast_context, t, device.type)
 
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
