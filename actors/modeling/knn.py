@@ -9,6 +9,10 @@ depends on how the bank is blocked, so a sharded bank would disagree with an uns
 the last bits. Every index therefore takes ``RERANK_MARGIN`` extra candidates and re-scores
 them exactly, pair by pair, from the stored vectors: the same numbers whatever the sharding
 or index type (it also removes the distance error of compressed indexes).
+
+A flat index on a CPU with native bfloat16 searches without FAISS by default
+(``IndexConfig.flat_search``): a bf16 GEMM screens candidates under a rounding bound and the same
+pair-by-pair float32 re-scoring decides (``actors.modeling.screen``), about 2x faster.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import NamedTuple, Protocol
 import faiss
 import numpy as np
 
+from actors.modeling.screen import Bf16Screen, bf16_native
 from configs.schema import IndexConfig, IndexKind
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,14 @@ def _want_gpu(cfg: IndexConfig) -> bool:
     return cfg.device == "cuda" or (cfg.device == "auto" and gpu_available())
 
 
+def _want_screen(cfg: IndexConfig, on_gpu: bool) -> bool:
+    if cfg.flat_search == "faiss" or cfg.kind is not IndexKind.flat or on_gpu:
+        return False
+    if cfg.flat_search == "bf16":
+        return True
+    return bf16_native()
+
+
 def _new_index(cfg: IndexConfig, dim: int, n: int) -> faiss.Index:
     if cfg.kind is IndexKind.flat:
         return faiss.IndexFlatL2(dim)
@@ -71,11 +84,13 @@ class MemoryIndex:
         self.vectors = vectors  # (M, D) float32, for exact re-scoring
         self.cpu_index = index
         self.index = index
-        if _want_gpu(cfg):
+        on_gpu = _want_gpu(cfg)
+        if on_gpu:
             res = faiss.StandardGpuResources()
             self.index = faiss.index_cpu_to_gpu(res, 0, index)
             self._gpu_resources = res
             log.info("memory index moved to GPU")
+        self.screen = Bf16Screen(vectors) if _want_screen(cfg, on_gpu) else None
 
     @classmethod
     def build(cls, vectors: np.ndarray, cfg: IndexConfig) -> "MemoryIndex":
@@ -101,6 +116,8 @@ class MemoryIndex:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (N, {self.dim}), got {queries.shape}")
         k = min(k, self.ntotal)
+        if self.screen is not None:
+            return Neighbours(*self.screen.search(queries, k))
         _, ids = self.index.search(queries, min(k + RERANK_MARGIN, self.ntotal))
         return exact_topk(queries, self.vectors, ids.astype(np.int64), k)
 
