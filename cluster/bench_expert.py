@@ -24,9 +24,10 @@ def myriad_worker(config: str, overrides: list[str], data: str, category: str) -
     from training.memory_bank import fit_bank
     from training.mvtec import open_category
 
-    # Same images as the peer: the bank is built on all of train/good (no held-out
-    # calibration split); fit_seconds is the memory-bank build (features, coreset, index),
-    # as anomalib's fit is; fit_total_seconds adds threshold calibration and saving.
+    # Same images as the peer: the bank is built on all of train/good (the default cross_fit
+    # calibration keeps none out; a fraction of 0 makes held_out do the same);
+    # fit_seconds is the memory-bank build (features, coreset, index), as anomalib's fit is;
+    # fit_total_seconds adds threshold calibration and saving.
     cfg = load_config(config, [*overrides, "expert.calibration_fraction=0"])
     cat = open_category(Path(data), category)
     with tempfile.TemporaryDirectory(prefix="myriad-bench-") as tmp:

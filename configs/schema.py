@@ -103,9 +103,15 @@ class ExpertConfig(Strict):
     # (process-wide mallopt; ~1.5x predict on CPU, the process keeps its peak heap).
     # See actors/modeling/allocator.py.
     heap_allocations: bool = True
-    # Fraction of train/good held out to calibrate the decision threshold.
+    # Normal scores the decision threshold is calibrated on:
+    #   "cross_fit": the bank is fit on every normal image; the images are split into
+    #                calibration_folds folds and each is scored against the bank without the
+    #                rows its fold contributed (one score per image, none kept out of the bank);
+    #   "held_out":  calibration_fraction of the images is kept out of the bank and scored.
+    calibration: Literal["cross_fit", "held_out"] = "cross_fit"
+    calibration_folds: int = Field(default=5, ge=2)
     calibration_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    # Decision threshold from the held-out normal scores s_1..s_n:
+    # Decision threshold from the calibration scores s_1..s_n:
     #   "max":        max(s)
     #   "normal_fit": max(max(s), mean(s) + z * std(s)), z the standard normal quantile of
     #                 1 - false_alarm_rate: the max of a few images under-estimates the tail

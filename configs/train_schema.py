@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -96,8 +97,11 @@ class DataSection(Strict):
     # Unseen normals often run warmer than the banks' own calibration images (a new lot, new
     # light, a texture's other half); the LMM then sees warm normal maps in training too and
     # must read the image, not the map's level alone. (1, 1): off.
+    # "normal": only normal samples are jittered (a defect's map is left as drawn, so the
+    # positions the LMM reads from it keep their extent).
     map_gain: tuple[float, float] = (1.0, 1.0)
     map_gain_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    map_gain_samples: Literal["all", "normal"] = "all"
     banks_dir: Path | None = None  # default: <home>/train/banks
     expert_batch_size: int = Field(default=8, ge=1)
     expert_cpus: float = Field(default=0.25, gt=0)  # per expert actor in map_batches

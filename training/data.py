@@ -97,7 +97,7 @@ def build_dataset(cfg, sources: list[Source], banks: dict[tuple[str, int], str],
     ds = ds.map_batches(
         ExpertMaps, fn_constructor_args=(cfg.expert.model_dump(mode="json"), str(cfg.paths.weights_dir),
                                          {f"{c}|{f}": b for (c, f), b in banks.items()},
-                                         d.map_gain, d.map_gain_ratio, d.seed),
+                                         d.map_gain, d.map_gain_ratio, d.seed, d.map_gain_samples),
         batch_size=d.expert_batch_size, num_cpus=d.expert_cpus,
         compute=ray.data.ActorPoolStrategy(size=d.expert_concurrency),
     )

@@ -88,13 +88,15 @@ class ExpertMaps:
     """Adds ``map`` (H, W) float16 in [0, 1]: the category's PatchCore map (threshold at 0.5)."""
 
     def __init__(self, expert: dict, weights_dir: str, banks: dict[str, str],
-                 gain: tuple[float, float] = (1.0, 1.0), gain_ratio: float = 0.0, seed: int = 0) -> None:
+                 gain: tuple[float, float] = (1.0, 1.0), gain_ratio: float = 0.0, seed: int = 0,
+                 gain_samples: str = "all") -> None:
         import torch
 
         from configs.schema import ExpertConfig
 
         torch.set_num_threads(1)
         self.gain, self.gain_ratio, self.seed = (float(gain[0]), float(gain[1])), float(gain_ratio), int(seed)
+        self.gain_normal_only = gain_samples == "normal"
         self.cfg = ExpertConfig.model_validate(expert)
         self.weights_dir = Path(weights_dir)
         self.banks = banks
@@ -134,7 +136,7 @@ class ExpertMaps:
             out = expert.predict(to_batch([batch["image"][i] for i in rows], self.cfg.image_size, mean, std))
             for j, i in enumerate(rows):
                 norm = normalized_map(out.anomaly_maps[j], meta.threshold)
-                if "id" in batch:
+                if "id" in batch and not (self.gain_normal_only and batch["anomalous"][i]):
                     norm = norm * self.sample_gain(int(batch["id"][i]))
                 maps[i] = np.clip(resize_map(norm, h, w), 0.0, 1.0)
                 scores[i] = out.scores[j] / meta.threshold

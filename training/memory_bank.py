@@ -1,13 +1,15 @@
 """Fit a PatchCore memory bank from normal images (few-shot works the same way).
 
 Features of every normal patch -> greedy coreset -> FAISS index -> threshold calibrated on
-held-out normal images -> a bank directory (``actors.modeling.bank``).
+normal scores the bank has not seen (each image against the bank without its own rows, or
+held-out images) -> a bank directory (``actors.modeling.bank``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import NormalDist
 
@@ -19,7 +21,7 @@ from actors.modeling.bank import BankMeta, save_bank
 from actors.modeling.coreset import greedy_coreset
 from actors.modeling.errors import DatasetError
 from actors.modeling.knn import MemoryIndex
-from actors.modeling.patchcore import PatchCore
+from actors.modeling.patchcore import ExpertOutput, PatchCore
 from actors.modeling.preprocess import to_batch
 from configs.schema import ExpertConfig
 from training.mvtec import batched, iter_images
@@ -36,6 +38,47 @@ def split_calibration(paths: list[Path], fraction: float, seed: int) -> tuple[li
     cal = sorted(paths[i] for i in order[:n_cal])
     fit = sorted(paths[i] for i in order[n_cal:])
     return fit, cal
+
+
+def cross_fit_scores(expert: PatchCore, feats: list[torch.Tensor], selected: torch.Tensor,
+                     vectors: np.ndarray) -> Iterator[ExpertOutput]:
+    """Each fit image scored against the bank without the rows its fold contributed.
+
+    ``feats`` are the fit images' patch features (b, h, w, D) in the order the coreset saw
+    them, so bank row ``j`` came from image ``selected[j] // (h * w)``. Images go to
+    ``calibration_folds`` folds by a seeded permutation. Distances are the float32 GEMM
+    expansion (a threshold does not need the search's exact re-scoring).
+    """
+    cfg = expert.cfg
+    bank = torch.from_numpy(vectors)
+    bank_sq = bank.square().sum(1)
+    n = sum(len(f) for f in feats)
+    h, w, d = feats[0].shape[1:]
+    fold = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(n) % min(cfg.calibration_folds, n))
+    row_fold = fold[selected // (h * w)]
+    image = 0
+    for batch in feats:
+        patches = []
+        for f in batch:
+            q = f.reshape(-1, d)
+            others = row_fold != fold[image]
+            image += 1
+            if not bool(others.any()):  # the whole bank came from this fold
+                others = torch.ones_like(others)
+            dist = torch.addmm(bank_sq[others], q, bank[others].T, alpha=-2.0)
+            dist.add_(q.square().sum(1, keepdim=True)).clamp_(min=0)
+            nearest = dist.topk(min(cfg.num_neighbours, dist.shape[1]), dim=1, largest=False).values
+            patches.append(nearest.sqrt().mean(1).view(h, w))
+        yield expert.score_patches(torch.stack(patches), (cfg.image_size,) * 2)
+
+
+def _score_images(expert: PatchCore, paths: list[Path],
+                  skipped: list[dict]) -> Iterator[tuple[list[str], ExpertOutput]]:
+    cfg = expert.cfg
+    mean, std = expert.mean_std
+    for batch in batched(iter_images(paths, cfg.max_image_pixels, skipped), cfg.batch_size):
+        out = expert.predict(to_batch([im for _, im in batch], cfg.image_size, mean, std))
+        yield [str(p) for p, _ in batch], out
 
 
 def extract(
@@ -78,7 +121,8 @@ def fit_bank(
     t0 = time.perf_counter()
     if not paths:
         raise DatasetError("no normal images to fit the expert on")
-    fit_paths, cal_paths = split_calibration(paths, cfg.calibration_fraction, cfg.seed)
+    cross = cfg.calibration == "cross_fit"
+    fit_paths, cal_paths = (paths, []) if cross else split_calibration(paths, cfg.calibration_fraction, cfg.seed)
     expert = PatchCore(cfg, weights_dir)
     skipped: list[dict] = []
     used, feats = extract(expert, fit_paths, skipped, "features", progress)
@@ -93,19 +137,23 @@ def fit_bank(
     expert.searcher = MemoryIndex.build(vectors, cfg.index)
     fit_seconds = time.perf_counter() - t0
 
-    # Decision threshold: the highest score among held-out normal images (x margin). With
-    # too few images to hold any out (few-shot), the fit images are scored instead; they
-    # sit closer to the bank, so the source is recorded and the margin matters more.
+    # Decision threshold from normal scores the bank has not seen: each fit image against the
+    # bank without its fold's rows (``expert.calibration``), or held-out images. A single
+    # image (few-shot) or no held-out image leaves only the fit images scored against the
+    # whole bank; they sit closer to it, so the source is recorded and the margin matters more.
     cal_used, cal_scores, cal_patches = [], [], []
-    source = "held_out"
-    if not cal_paths:
-        cal_paths, source = used, "fit_images"
-    mean, std = expert.mean_std
-    for batch in batched(iter_images(cal_paths, cfg.max_image_pixels, skipped), cfg.batch_size):
-        out_ = expert.predict(to_batch([im for _, im in batch], cfg.image_size, mean, std))
+    if cross and len(used) >= 2:
+        source = "cross_fit"
+        starts = np.cumsum([0] + [len(f) for f in feats])
+        names = ([str(p) for p in used[a : a + len(f)]] for a, f in zip(starts, feats))
+        scored = zip(names, cross_fit_scores(expert, feats, idx, vectors))
+    else:
+        source = "held_out" if cal_paths else "fit_images"
+        scored = _score_images(expert, cal_paths or used, skipped)
+    for names, out_ in scored:
         cal_scores.extend(float(s) for s in out_.scores)
         cal_patches.append(out_.anomaly_maps.reshape(-1)[:: 7])  # a subsample of map values
-        cal_used.extend(str(p) for p, _ in batch)
+        cal_used.extend(names)
     if not cal_scores:
         raise DatasetError("no calibration image could be read")
     threshold = calibrated_threshold(cal_scores, cfg)
@@ -118,7 +166,8 @@ def fit_bank(
         threshold=float(threshold),
         normal_level=normal_level,
         expert=cfg.model_dump(mode="json"),
-        calibration={"source": source, "rule": cfg.threshold_rule, "false_alarm_rate": cfg.false_alarm_rate,
+        calibration={"source": source, "folds": min(cfg.calibration_folds, len(used)) if source == "cross_fit" else None,
+                     "rule": cfg.threshold_rule, "false_alarm_rate": cfg.false_alarm_rate,
                      "images": cal_used, "scores": cal_scores},
         fit={
             "images": len(used),

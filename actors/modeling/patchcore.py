@@ -173,16 +173,20 @@ class PatchCore:
         neighbours = self.searcher.search(emb.reshape(-1, d).numpy(), self.cfg.num_neighbours)
         t2 = time.perf_counter()
         dist = np.sqrt(neighbours.distances).mean(axis=1)  # (B*h*w,)
-        patch = torch.from_numpy(dist.astype(np.float32)).view(b, 1, h, w)
-        size = x.shape[-2:]
-        maps = F.interpolate(patch, size=size, mode="bilinear", align_corners=False)
-        maps = gaussian_blur(maps, self.cfg.gaussian_sigma)[:, 0]  # (B, S, S)
-        scores = patch.view(b, -1).amax(dim=1)
+        out = self.score_patches(torch.from_numpy(dist.astype(np.float32)).view(b, h, w), tuple(x.shape[-2:]))
         t3 = time.perf_counter()
         self.timings.features += t1 - t0
         self.timings.search += t2 - t1
         self.timings.maps += t3 - t2
         self.timings.images += b
+        return out
+
+    def score_patches(self, patch: torch.Tensor, size: tuple[int, int]) -> ExpertOutput:
+        """Patch distances (B, h, w) -> image scores (max patch) and smoothed (B, H, W) maps."""
+        patch = patch[:, None]
+        maps = F.interpolate(patch, size=size, mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps, self.cfg.gaussian_sigma)[:, 0]  # (B, S, S)
+        scores = patch.flatten(1).amax(dim=1)
         return ExpertOutput(scores.numpy(), maps.numpy(), patch[:, 0].numpy())
 
 

@@ -112,6 +112,33 @@ def test_few_shot_and_unreadable_files(tiny_cfg, tiny_dataset, tmp_path):
     assert meta.calibration["source"] == "fit_images" and meta.threshold > 0
 
 
+def test_cross_fit_calibration_scores_each_image_without_its_fold(tiny_cfg, tiny_dataset, tiny_bank):
+    from actors.modeling.preprocess import decode_image, to_batch
+
+    good = open_category(tiny_dataset, "stripes").train_good()
+    expert, meta = open_bank(tiny_bank, tiny_cfg.expert, None)
+    cal = meta.calibration
+    assert cal["source"] == "cross_fit" and cal["folds"] == min(5, len(good))
+    assert meta.fit["images"] == len(good) == len(cal["scores"])  # no image kept out of the bank
+    # Against the bank without their fold's rows, the images score at least as high as
+    # against the whole bank (fewer rows, farther neighbours), and some strictly higher.
+    order = [good.index(type(good[0])(p)) for p in cal["images"]]
+    x = to_batch([decode_image(good[i]) for i in order], tiny_cfg.expert.image_size, *expert.mean_std)
+    whole = expert.predict(x).scores
+    cross = np.asarray(cal["scores"])
+    assert np.all(cross >= whole * (1 - 1e-5))
+    assert np.any(cross > whole * 1.01)
+
+
+def test_held_out_calibration(tiny_cfg, tiny_dataset, tmp_path):
+    good = open_category(tiny_dataset, "stripes").train_good()
+    cfg = tiny_cfg.expert.model_copy(update={"calibration": "held_out"})
+    _, meta = fit_bank(cfg, None, good, tmp_path / "b", progress=False)
+    n_cal = int(len(good) * cfg.calibration_fraction)
+    assert meta.calibration["source"] == "held_out" and len(meta.calibration["scores"]) == n_cal
+    assert meta.fit["images"] == len(good) - n_cal
+
+
 def test_empty_train_folder(tmp_path):
     (tmp_path / "c" / "train" / "good").mkdir(parents=True)
     with pytest.raises(DatasetError, match="no images"):

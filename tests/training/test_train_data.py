@@ -131,3 +131,21 @@ def test_map_gain_jitter_is_deterministic_and_bounded():
 def test_map_gain_range_is_validated():
     with pytest.raises(ConfigError, match="map_gain"):
         load_config("tiny", ["train.data.map_gain=[2.0, 1.0]"])
+
+
+def test_map_gain_on_normal_samples_only_leaves_defect_maps_alone(tiny_cfg, tiny_dataset, tiny_bank):
+    from actors.modeling.preprocess import decode_image
+    from training.data_ops import ExpertMaps
+    from training.mvtec import open_category
+
+    paths = open_category(tiny_dataset, "stripes").train_good()[:6]
+    batch = {"image": np.stack([decode_image(p) for p in paths]), "category": np.array(["stripes"] * 6),
+             "fold": np.zeros(6, np.int64), "id": np.arange(6), "anomalous": np.array([0, 1, 0, 1, 0, 1], bool)}
+    args = (tiny_cfg.expert.model_dump(mode="json"), str(tiny_cfg.paths.weights_dir), {"stripes|0": str(tiny_bank)})
+    plain = ExpertMaps(*args)(dict(batch))["map"].astype(np.float32)
+    jitter = ExpertMaps(*args, gain=(1.5, 2.0), gain_ratio=1.0, seed=0, gain_samples="normal")
+    gained = jitter(dict(batch))["map"].astype(np.float32)
+    anomalous = batch["anomalous"]
+    assert np.array_equal(gained[anomalous], plain[anomalous])
+    warmer = gained[~anomalous].mean(axis=(1, 2)) / plain[~anomalous].mean(axis=(1, 2))
+    assert np.all(warmer > 1.3)  # gain >= 1.5, a little lost to the clip at 1
