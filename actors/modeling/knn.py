@@ -24,7 +24,7 @@ from typing import NamedTuple, Protocol
 import faiss
 import numpy as np
 
-from actors.modeling.screen import Bf16Screen, bf16_native
+from actors.modeling.screen import MAX_ROWS, Bf16Screen, bf16_native
 from configs.schema import IndexConfig, IndexKind
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def _want_gpu(cfg: IndexConfig) -> bool:
     return cfg.device == "cuda" or (cfg.device == "auto" and gpu_available())
 
 
-def _want_screen(cfg: IndexConfig, on_gpu: bool) -> bool:
-    if cfg.flat_search == "faiss" or cfg.kind is not IndexKind.flat or on_gpu:
+def _want_screen(cfg: IndexConfig, on_gpu: bool, rows: int) -> bool:
+    if cfg.flat_search == "faiss" or cfg.kind is not IndexKind.flat or on_gpu or rows > MAX_ROWS:
         return False
     if cfg.flat_search == "bf16":
         return True
@@ -90,7 +90,7 @@ class MemoryIndex:
             self.index = faiss.index_cpu_to_gpu(res, 0, index)
             self._gpu_resources = res
             log.info("memory index moved to GPU")
-        self.screen = Bf16Screen(vectors) if _want_screen(cfg, on_gpu) else None
+        self.screen = Bf16Screen(vectors) if _want_screen(cfg, on_gpu, len(vectors)) else None
 
     @classmethod
     def build(cls, vectors: np.ndarray, cfg: IndexConfig) -> "MemoryIndex":

@@ -33,6 +33,7 @@ ACC = 1e-4  # x (|q| + max|x|)^2: float32 accumulation (~(D + 4) * 2^-24), norm 
 PAIR_CHUNK = 1 << 16  # candidate pairs re-scored at a time (bounds the temporary memory)
 GROUP = 64  # bank rows per group: whole groups are screened out by their minimum first
 FAR = 1e30  # the distance the GEMM gives the padding rows that fill the last group
+MAX_ROWS = 1 << 20  # larger banks keep FAISS (a block of 64 queries would hold 256 MB of scores)
 
 
 def bf16_native() -> bool:
@@ -79,7 +80,7 @@ class Bf16Screen:
         self.bank_t = torch.cat([bank, pad]).T.contiguous()  # (D + 4, M rounded up to GROUP)
         # <= 512 queries or ~2M scores (8 MB float32) per block: the passes over the scores
         # stay in cache (measured best at 256-512 for 2,509 rows), memory stays bounded.
-        self.block = max(16, min(512, (1 << 21) // len(v)))
+        self.block = max(64, min(512, (1 << 21) // len(v)))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) float32 -> distances (N, k) float32 ascending, ids (N, k) int64."""
