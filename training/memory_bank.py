@@ -51,24 +51,32 @@ def cross_fit_scores(expert: PatchCore, feats: list[torch.Tensor], selected: tor
     """
     cfg = expert.cfg
     bank = torch.from_numpy(vectors)
-    bank_sq = bank.square().sum(1)
     n = sum(len(f) for f in feats)
     h, w, d = feats[0].shape[1:]
-    fold = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(n) % min(cfg.calibration_folds, n))
-    row_fold = fold[selected // (h * w)]
+    fold = np.random.default_rng(cfg.seed).permutation(n) % min(cfg.calibration_folds, n)
+    row_fold = torch.from_numpy(fold)[selected // (h * w)]
+    subsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    chunk = max(1, (1 << 24) // len(vectors))  # queries per GEMM: <= 64 MB of distances
     image = 0
     for batch in feats:
         patches = []
         for f in batch:
-            q = f.reshape(-1, d)
-            others = row_fold != fold[image]
+            f_id = int(fold[image])
             image += 1
-            if not bool(others.any()):  # the whole bank came from this fold
-                others = torch.ones_like(others)
-            dist = torch.addmm(bank_sq[others], q, bank[others].T, alpha=-2.0)
-            dist.add_(q.square().sum(1, keepdim=True)).clamp_(min=0)
-            nearest = dist.topk(min(cfg.num_neighbours, dist.shape[1]), dim=1, largest=False).values
-            patches.append(nearest.sqrt().mean(1).view(h, w))
+            if f_id not in subsets:
+                others = row_fold != f_id
+                if not bool(others.any()):  # the whole bank came from this fold
+                    others = torch.ones_like(others)
+                rows = bank[others]
+                subsets[f_id] = rows, rows.square().sum(1)
+            rows, rows_sq = subsets[f_id]
+            q = f.reshape(-1, d)
+            nearest = []
+            for a in range(0, len(q), chunk):
+                dist = torch.addmm(rows_sq, q[a : a + chunk], rows.T, alpha=-2.0)
+                dist.add_(q[a : a + chunk].square().sum(1, keepdim=True)).clamp_(min=0)
+                nearest.append(dist.topk(min(cfg.num_neighbours, len(rows)), dim=1, largest=False).values)
+            patches.append(torch.cat(nearest).sqrt().mean(1).view(h, w))
         yield expert.score_patches(torch.stack(patches), (cfg.image_size,) * 2)
 
 

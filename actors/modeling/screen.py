@@ -19,7 +19,8 @@ makes the result exact:
   bound exceeds that is out. The rest (1-3 per query on the texture benchmark) are
   re-scored with ``exact_topk``'s float32 arithmetic and ranked by (distance, id), so the
   answer is the one a brute-force float32 search gives, bit for bit (``tests/actors/
-  test_knn.py`` checks it against FAISS plus exact re-scoring on real patch features).
+  test_screen.py`` checks it against FAISS plus exact re-scoring, including banks of
+  near-duplicates that bf16 cannot tell apart).
 """
 
 from __future__ import annotations
