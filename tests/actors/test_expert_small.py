@@ -46,7 +46,8 @@ def test_small_expert_on_real_textures(small_cfg, tmp_path):
     build_textures(tmp_path, seed=1, categories=("brick",), n_train=20, n_test_good=6, n_test_defect=5, progress=False)
     category = open_category(tmp_path, "brick")
     expert, meta = fit_bank(small_cfg.expert, small_cfg.paths.weights_dir, category.train_good(), tmp_path / "bank", "brick", progress=False)
-    assert meta.dim == 152 and meta.fit["images"] == 16  # 20% held out to calibrate
+    assert meta.dim == 152 and meta.fit["images"] == 20  # all in the bank, cross-fitted threshold
+    assert meta.calibration["source"] == "cross_fit" and len(meta.calibration["scores"]) == 20
     pred = predict_category(expert, category, progress=False)
     metrics = expert_metrics(pred, meta.threshold)
     assert metrics["image_auroc"] >= 0.9
