@@ -1,7 +1,7 @@
 """Fit a PatchCore memory bank from normal images (few-shot works the same way).
 
 Features of every normal patch -> greedy coreset -> FAISS index -> threshold calibrated on
-normal scores the bank has not seen (each image against the bank without its own rows, or
+normal scores the bank has not seen (each image against the bank without its fold's rows, or
 held-out images) -> a bank directory (``actors.modeling.bank``).
 """
 
@@ -130,7 +130,10 @@ def fit_bank(
     if not paths:
         raise DatasetError("no normal images to fit the expert on")
     cross = cfg.calibration == "cross_fit"
-    fit_paths, cal_paths = (paths, []) if cross else split_calibration(paths, cfg.calibration_fraction, cfg.seed)
+    if cross:
+        fit_paths, cal_paths = paths, []
+    else:
+        fit_paths, cal_paths = split_calibration(paths, cfg.calibration_fraction, cfg.seed)
     expert = PatchCore(cfg, weights_dir)
     skipped: list[dict] = []
     used, feats = extract(expert, fit_paths, skipped, "features", progress)
@@ -174,7 +177,8 @@ def fit_bank(
         threshold=float(threshold),
         normal_level=normal_level,
         expert=cfg.model_dump(mode="json"),
-        calibration={"source": source, "folds": min(cfg.calibration_folds, len(used)) if source == "cross_fit" else None,
+        calibration={"source": source,
+                     "folds": min(cfg.calibration_folds, len(used)) if source == "cross_fit" else None,
                      "rule": cfg.threshold_rule, "false_alarm_rate": cfg.false_alarm_rate,
                      "images": cal_used, "scores": cal_scores},
         fit={

@@ -140,8 +140,10 @@ def test_map_gain_on_normal_samples_only_leaves_defect_maps_alone(tiny_cfg, tiny
 
     paths = open_category(tiny_dataset, "stripes").train_good()[:6]
     batch = {"image": np.stack([decode_image(p) for p in paths]), "category": np.array(["stripes"] * 6),
-             "fold": np.zeros(6, np.int64), "id": np.arange(6), "anomalous": np.array([0, 1, 0, 1, 0, 1], bool)}
-    args = (tiny_cfg.expert.model_dump(mode="json"), str(tiny_cfg.paths.weights_dir), {"stripes|0": str(tiny_bank)})
+             "fold": np.zeros(6, np.int64), "id": np.arange(6),
+             "anomalous": np.array([0, 1, 0, 1, 0, 1], bool)}
+    args = (tiny_cfg.expert.model_dump(mode="json"), str(tiny_cfg.paths.weights_dir),
+            {"stripes|0": str(tiny_bank)})
     plain = ExpertMaps(*args)(dict(batch))["map"].astype(np.float32)
     jitter = ExpertMaps(*args, gain=(1.5, 2.0), gain_ratio=1.0, seed=0, gain_samples="normal")
     gained = jitter(dict(batch))["map"].astype(np.float32)
