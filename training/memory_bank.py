@@ -23,7 +23,7 @@ from actors.modeling.errors import DatasetError
 from actors.modeling.knn import MemoryIndex
 from actors.modeling.patchcore import ExpertOutput, PatchCore
 from actors.modeling.preprocess import to_batch
-from configs.schema import ExpertConfig
+from configs.schema import ExpertConfig, IndexKind
 from training.mvtec import batched, iter_images
 
 log = logging.getLogger(__name__)
@@ -46,37 +46,27 @@ def cross_fit_scores(expert: PatchCore, feats: list[torch.Tensor], selected: tor
 
     ``feats`` are the fit images' patch features (b, h, w, D) in the order the coreset saw
     them, so bank row ``j`` came from image ``selected[j] // (h * w)``. Images go to
-    ``calibration_folds`` folds by a seeded permutation. Distances are the float32 GEMM
-    expansion (a threshold does not need the search's exact re-scoring).
+    ``calibration_folds`` folds by a seeded permutation; each fold's rows are searched by an
+    exact flat index, as ``predict`` searches the whole bank.
     """
     cfg = expert.cfg
-    bank = torch.from_numpy(vectors)
     n = sum(len(f) for f in feats)
-    h, w, d = feats[0].shape[1:]
+    h, w = feats[0].shape[1:3]
     fold = np.random.default_rng(cfg.seed).permutation(n) % min(cfg.calibration_folds, n)
-    row_fold = torch.from_numpy(fold)[selected // (h * w)]
-    subsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    chunk = max(1, (1 << 24) // len(vectors))  # queries per GEMM: <= 64 MB of distances
+    row_fold = fold[selected.numpy() // (h * w)]
+    flat = cfg.index.model_copy(update={"kind": IndexKind.flat, "device": "cpu"})
+    indexes: dict[int, MemoryIndex] = {}
     image = 0
     for batch in feats:
         patches = []
         for f in batch:
             f_id = int(fold[image])
             image += 1
-            if f_id not in subsets:
+            if f_id not in indexes:
                 others = row_fold != f_id
-                if not bool(others.any()):  # the whole bank came from this fold
-                    others = torch.ones_like(others)
-                rows = bank[others]
-                subsets[f_id] = rows, rows.square().sum(1)
-            rows, rows_sq = subsets[f_id]
-            q = f.reshape(-1, d)
-            nearest = []
-            for a in range(0, len(q), chunk):
-                dist = torch.addmm(rows_sq, q[a : a + chunk], rows.T, alpha=-2.0)
-                dist.add_(q[a : a + chunk].square().sum(1, keepdim=True)).clamp_(min=0)
-                nearest.append(dist.topk(min(cfg.num_neighbours, len(rows)), dim=1, largest=False).values)
-            patches.append(torch.cat(nearest).sqrt().mean(1).view(h, w))
+                # A fold that contributed the whole bank is scored against all of it.
+                indexes[f_id] = MemoryIndex.build(vectors[others] if others.any() else vectors, flat)
+            patches.append(expert.patch_distances(f[None], indexes[f_id])[0])
         yield expert.score_patches(torch.stack(patches), (cfg.image_size,) * 2)
 
 

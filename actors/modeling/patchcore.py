@@ -170,16 +170,23 @@ class PatchCore:
         emb = self.embed(x)  # (B, h, w, D)
         b, h, w, d = emb.shape
         t1 = time.perf_counter()
-        neighbours = self.searcher.search(emb.reshape(-1, d).numpy(), self.cfg.num_neighbours)
+        patch = self.patch_distances(emb, self.searcher)
         t2 = time.perf_counter()
-        dist = np.sqrt(neighbours.distances).mean(axis=1)  # (B*h*w,)
-        out = self.score_patches(torch.from_numpy(dist.astype(np.float32)).view(b, h, w), tuple(x.shape[-2:]))
+        out = self.score_patches(patch, tuple(x.shape[-2:]))
         t3 = time.perf_counter()
         self.timings.features += t1 - t0
         self.timings.search += t2 - t1
         self.timings.maps += t3 - t2
         self.timings.images += b
         return out
+
+    def patch_distances(self, emb: torch.Tensor, searcher: Searcher) -> torch.Tensor:
+        """Patch features (B, h, w, D) -> distance to the nearest bank rows (B, h, w): the
+        square root of the k nearest squared distances, averaged."""
+        b, h, w, d = emb.shape
+        neighbours = searcher.search(emb.reshape(-1, d).numpy(), self.cfg.num_neighbours)
+        dist = np.sqrt(neighbours.distances).mean(axis=1)  # (B*h*w,)
+        return torch.from_numpy(dist.astype(np.float32)).view(b, h, w)
 
     def score_patches(self, patch: torch.Tensor, size: tuple[int, int]) -> ExpertOutput:
         """Patch distances (B, h, w) -> image scores (max patch) and smoothed (B, H, W) maps."""
