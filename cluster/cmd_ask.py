@@ -38,18 +38,18 @@ def register(subparsers) -> None:
 def expert_map(bank_dir: Path, image: np.ndarray, cfg) -> tuple[np.ndarray, dict]:
     """The bank's anomaly map for ``image`` (H, W, 3) in [0, 1] at the image's size (H, W).
 
-    The PatchCore distances are normalised by the bank's decision threshold
-    (``patchcore.normalized_map``: the threshold lands on 0.5).
+    The PatchCore distances are background-centred and normalised by the bank's decision
+    threshold (``patchcore.lmm_map``: the threshold lands on 0.5).
     """
     from actors.modeling.bank import bank_config, open_bank
-    from actors.modeling.patchcore import normalized_map
+    from actors.modeling.patchcore import lmm_map
     from actors.modeling.preprocess import resize_map, to_batch
 
     expert_cfg = bank_config(bank_dir, cfg.expert)
     expert, meta = open_bank(bank_dir, expert_cfg, cfg.paths.weights_dir)
     mean, std = expert.mean_std
     out = expert.predict(to_batch([image], expert_cfg.image_size, mean, std))
-    norm = normalized_map(out.anomaly_maps[0], meta.threshold)  # (S_e, S_e) in [0, 1]
+    norm = lmm_map(out.anomaly_maps[0], meta.threshold, meta.normal_level)  # (S_e, S_e) in [0, 1]
     amap = np.clip(resize_map(norm, image.shape[0], image.shape[1]), 0.0, 1.0)
     score = float(out.scores[0])
     return amap, {"score": score, "threshold": meta.threshold, "anomalous": score > meta.threshold,

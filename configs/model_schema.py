@@ -136,6 +136,11 @@ class QFormerConfig(Strict):
 class TPGConfig(MapConvConfig):
     grid: int = Field(default=3, ge=1, le=8)  # 3x3 = 9 map tokens
     num_learned: int = Field(default=9, ge=0)  # + 9 learned tokens = 18 VE tokens
+    # Starting values of the cell-name gate's two learned thresholds (actors.modeling.tpg):
+    # a cell's peak map value (0.5 = the expert's threshold) and its share of the map's excess
+    # over it (0.1 = the answer's 10% rule). `train.data.fit_gate` refits both on training maps.
+    gate_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    share_threshold: float = Field(default=0.1, gt=0.0, lt=1.0)
 
 
 class VPGConfig(MapConvConfig):

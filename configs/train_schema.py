@@ -87,6 +87,10 @@ class DataSection(Strict):
     # cut_paste takes its patch from another category's normal image (foreign material).
     foreign_paste: bool = True
     scratch_radius: tuple[int, int] = (1, 3)
+    # Scratch looks, drawn per scratch (training.anomaly_synthesis.SynthConfig.scratch_style):
+    # "additive" lightens/darkens the surface and keeps its grain (a scuff; on grass or gravel
+    # it can read as one more blade or pebble edge), "groove" is a gouge of one flat tone.
+    scratch_styles: tuple[Literal["additive", "groove"], ...] = Field(default=("additive",), min_length=1)
     area_range: tuple[float, float] = (0.005, 0.06)
     flip: bool = True  # random horizontal / vertical flips of the normal image
     # Training maps come from banks fit WITHOUT the image (k-fold), so they look like the
@@ -108,6 +112,11 @@ class DataSection(Strict):
     expert_concurrency: int = Field(default=1, ge=1)
     synth_cpus: float = Field(default=0.25, gt=0)
     eval_samples: int = Field(default=32, ge=0)  # synthetic held-out set for periodic eval
+    # Before step 0, fit the TPG gate's starting thresholds (model.tpg.gate_threshold,
+    # share_threshold) to `fit_gate_samples` synthetic samples of their own (training.gate_fit):
+    # the pair whose hard cell rule best reproduces the masks' grid positions (none on normals).
+    fit_gate: bool = False
+    fit_gate_samples: int = Field(default=256, ge=8)
     seed: int = 0
 
     @model_validator(mode="after")

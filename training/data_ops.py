@@ -7,6 +7,7 @@ built once per Ray actor. Batches are dicts of numpy arrays (Ray Data's "numpy" 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ class Synthesize:
         self.work = work_size
         self.config = SynthConfig(scratch_radius_range=tuple(data["scratch_radius"]),
                                   area_range=tuple(data["area_range"]))
+        self.styles = [replace(self.config, scratch_style=s) for s in data["scratch_styles"]]
         self.by_cat: dict[str, list[int]] = {}
         for i, s in enumerate(sources):
             self.by_cat.setdefault(s["category"], []).append(i)
@@ -62,6 +64,8 @@ class Synthesize:
             kinds = self.d["kinds"]
             kind = kinds[int(rng.integers(len(kinds)))]
             kwargs = {"config": self.config}
+            if kind == "scratch" and len(self.styles) > 1:
+                kwargs["config"] = self.styles[int(rng.integers(len(self.styles)))]
             others = [c for c in self.by_cat if c != src["category"]]
             if kind == "cut_paste" and self.d["foreign_paste"] and others:
                 other = others[int(rng.integers(len(others)))]
@@ -123,7 +127,7 @@ class ExpertMaps:
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
     def __call__(self, batch: dict) -> dict:
-        from actors.modeling.patchcore import normalized_map
+        from actors.modeling.patchcore import lmm_map
 
         n, h, w = batch["image"].shape[:3]
         maps = np.zeros((n, h, w), np.float16)
@@ -135,7 +139,7 @@ class ExpertMaps:
             mean, std = expert.mean_std
             out = expert.predict(to_batch([batch["image"][i] for i in rows], self.cfg.image_size, mean, std))
             for j, i in enumerate(rows):
-                norm = normalized_map(out.anomaly_maps[j], meta.threshold)
+                norm = lmm_map(out.anomaly_maps[j], meta.threshold, meta.normal_level)
                 if "id" in batch and not (self.gain_normal_only and batch["anomalous"][i]):
                     norm = norm * self.sample_gain(int(batch["id"][i]))
                 maps[i] = np.clip(resize_map(norm, h, w), 0.0, 1.0)

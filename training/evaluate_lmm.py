@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from actors.modeling.grid import mask_to_positions
-from actors.modeling.patchcore import normalized_map
+from actors.modeling.patchcore import lmm_map
 from actors.modeling.preprocess import resize_map, to_batch
 from training.metrics import image_auroc
 from training.mvtec import batched, iter_images, load_mask, open_category
@@ -55,7 +55,7 @@ def evaluate_category(cfg, model, data: Path, category: str, bank: Path | None =
                              batch_size):
             images = [im for _, im in batch]
             out = expert.predict(to_batch(images, expert.cfg.image_size, mean, std))
-            maps = [np.clip(resize_map(normalized_map(m, meta.threshold), im.shape[0], im.shape[1]), 0, 1)
+            maps = [np.clip(resize_map(lmm_map(m, meta.threshold, meta.normal_level), im.shape[0], im.shape[1]), 0, 1)
                     for m, im in zip(out.anomaly_maps, images)]
             inputs = model.preprocessor(images, maps)
             answers = model.generate(inputs.pixel_values, inputs.maps, [None] * len(images))

@@ -71,6 +71,8 @@ def build_trainer(cfg, extra: dict | None = None):
     start_step = resume[1]["step"] if resume else 0
     sources, banks = prepare(cfg)
     tok_dir = tokenizer_dir(cfg)
+    if t.data.fit_gate:
+        cfg = fit_gate_thresholds(cfg, sources, banks, tok_dir, storage / t.run_name)
     per_rank = max(0, t.max_steps - start_step) * t.micro_batch_size * t.grad_accum
     datasets = {}
     for r in range(world):
@@ -110,6 +112,33 @@ def build_trainer(cfg, extra: dict | None = None):
             execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
     return trainer, resume
+
+
+def fit_gate_thresholds(cfg, sources, banks, tok_dir: str | None, run_dir: Path):
+    """``cfg`` with ``model.tpg``'s gate thresholds fit on synthetic samples of their own
+    (``training.gate_fit``). The fit is kept in the run directory, so a resumed run (and its
+    exported config) keeps the values it started from."""
+    import numpy as np
+
+    from training.gate_fit import GATE_ID_OFFSET, fit_gate
+
+    path = Path(run_dir) / "gate_fit.json"
+    tpg = cfg.model.tpg
+    if path.is_file():
+        fit = json.loads(path.read_text())
+    else:
+        n = cfg.train.data.fit_gate_samples
+        ds = build_dataset(cfg, sources, banks, rank_ids(GATE_ID_OFFSET, n, 0, 1), tok_dir)
+        rows = ds.select_columns(["map", "positions"]).take_all()
+        maps = np.stack([np.asarray(r["map"], np.float32) for r in rows])  # (N, H, W)
+        positions = [[p for p in r["positions"].split("|") if p] for r in rows]
+        t, s, acc = fit_gate(maps, positions, tpg.grid, (tpg.gate_threshold, tpg.share_threshold))
+        fit = {"gate_threshold": t, "share_threshold": s, "rule_exact": acc, "samples": len(rows)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(fit, indent=2))
+    log.info("TPG gate starts at t %.3f, s %.3f (%s)", fit["gate_threshold"], fit["share_threshold"], path)
+    tpg = tpg.model_copy(update={k: fit[k] for k in ("gate_threshold", "share_threshold")})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"tpg": tpg})})
 
 
 def run_training(cfg, extra: dict | None = None) -> dict:

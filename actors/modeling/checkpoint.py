@@ -26,9 +26,10 @@ from actors.modeling.tokenizer_tiny import load_tokenizer
 from actors.modeling.vit_preprocess import ViTPreprocessor
 from configs.model_schema import ModelConfig
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # 2: TPG cell-name tokens with their gate, VPG position embeddings (a v1 directory lacks them).
 # 3: the TPG gate's share-of-excess factor (two more scalars).
+# 4: trained on background-centred maps (``patchcore.lmm_map``); a v3 model read uncentred ones.
 WEIGHTS_FILE = "model.safetensors"
 
 

@@ -17,6 +17,8 @@ The normalized map puts the expert's threshold at 0.5, so the gate starts there 
 share factor mirrors the answer's own rule (``grid.mask_to_positions``: a cell is named when
 it holds at least 10% of the defect), so the blurred rim of a defect that spills into a
 neighbouring cell does not name that cell (``s = 0.1``, ``k_s = 40``); all four are learned.
+``t`` and ``s`` start from ``TPGConfig`` (``gate_threshold``, ``share_threshold``), which
+training can refit on its own maps before step 0 (``training.gate_fit``).
 ``MyriadModel`` initialises ``name_c`` with the LLM's own embedding of the cell's grid label
 ("top left", ...), so a suspicious cell reads to the LLM as the word for its position, the
 word the answer has to contain.
@@ -28,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actors.modeling.grid import DEFAULT_MIN_FRACTION
 from actors.modeling.vpg import MapConvStack
 from configs.model_schema import TPGConfig
 
@@ -40,9 +41,11 @@ class TextualPromptGenerator(nn.Module):
         self.proj = nn.Linear(self.convs.out_channels, llm_width)
         self.learned = nn.Parameter(torch.randn(1, config.num_learned, llm_width) * 0.02)
         self.cell_names = nn.Parameter(torch.randn(config.grid**2, llm_width) * 0.02)
-        self.gate_threshold = nn.Parameter(torch.tensor([0.5]))  # the expert threshold on the map
+        # Starting values from the config (0.5: the expert threshold on the map; 0.1: the
+        # answer's 10% rule), refit on training maps by `train.data.fit_gate`.
+        self.gate_threshold = nn.Parameter(torch.tensor([config.gate_threshold]))
         self.gate_sharpness = nn.Parameter(torch.tensor([12.0]))
-        self.share_threshold = nn.Parameter(torch.tensor([DEFAULT_MIN_FRACTION]))
+        self.share_threshold = nn.Parameter(torch.tensor([config.share_threshold]))
         self.share_sharpness = nn.Parameter(torch.tensor([40.0]))
         self.num_tokens = config.grid**2 + config.num_learned
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from actors.modeling.bank import open_bank, read_meta
 from actors.modeling.errors import BankError, DatasetError
-from actors.modeling.patchcore import PatchCore, gaussian_blur, normalized_map
+from actors.modeling.patchcore import PatchCore, gaussian_blur, lmm_map, normalized_map
 from configs import load_config
 from training.evaluate import expert_metrics, predict_category
 from training.memory_bank import fit_bank
@@ -183,6 +183,25 @@ def test_normalized_map_floor_and_bank_normalize(tiny_bank):
     meta = read_meta(tiny_bank)
     assert 0 < meta.normal_level < meta.threshold
     assert float(meta.normalize(np.array([meta.threshold]))[0]) == pytest.approx(0.5)
+
+
+def test_lmm_map_centres_the_background_and_keeps_peaks():
+    rng = np.random.default_rng(0)
+    base = 10.0 + rng.normal(0, 0.5, (32, 32)).astype(np.float32)  # (32, 32) background
+    base[4:8, 4:8] += 8.0  # a defect
+    m = lmm_map(base, threshold=16.0, normal_level=10.0)
+    assert m.dtype == np.float32 and m.shape == (32, 32)
+    # The background's median lands on normal_level / (2 * threshold); the defect stays above 0.5.
+    assert float(np.median(m)) == pytest.approx(10.0 / 32.0, abs=1e-3)
+    assert m[4:8, 4:8].min() > 0.5 > m[16:, 16:].max()
+    # A map lifted as a whole (a warmer surface, new lighting) reads the same as before.
+    np.testing.assert_allclose(lmm_map(base + 3.0, 16.0, 10.0), m, atol=1e-5)
+    # Uncentred, the same lift would push the background towards the threshold.
+    assert float(np.median(normalized_map(base + 3.0, 16.0))) > float(np.median(m)) + 0.09
+    with pytest.raises(ValueError, match="normal_level"):
+        lmm_map(base, threshold=16.0, normal_level=0.0)
+    with pytest.raises(ValueError, match="normal_level"):
+        lmm_map(base, threshold=16.0, normal_level=20.0)
 
 
 def test_calibrated_threshold_rules(tiny_cfg):

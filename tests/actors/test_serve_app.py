@@ -176,7 +176,7 @@ def test_tp2_answer_equals_unsharded_model(app, tiny_dataset, tiny_bank, tiny_cf
 
     from actors.encoder import load_serving_model, model_spec
     from actors.modeling.bank import open_bank
-    from actors.modeling.patchcore import normalized_map
+    from actors.modeling.patchcore import lmm_map
     from actors.modeling.preprocess import decode_image, resize_rgb, to_batch
 
     assert app["cfg"].serve.llm.tensor_parallel == 2
@@ -185,7 +185,8 @@ def test_tp2_answer_equals_unsharded_model(app, tiny_dataset, tiny_bank, tiny_cf
     assert status == 200 and out["llm"]["status"] == "answered"
     image = resize_rgb(decode_image(bad), 64)
     expert, meta = open_bank(tiny_bank, tiny_cfg.expert, tiny_cfg.paths.weights_dir)
-    amap = normalized_map(expert.predict(to_batch([image], 64, *expert.mean_std)).anomaly_maps[0], meta.threshold)
+    raw = expert.predict(to_batch([image], 64, *expert.mean_std)).anomaly_maps[0]
+    amap = lmm_map(raw, meta.threshold, meta.normal_level)
     model = load_serving_model(model_spec(tiny_cfg.model, None, tiny_cfg.paths.weights_dir))
     with torch.no_grad():
         inputs = model.preprocessor([image], [amap])
