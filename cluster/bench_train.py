@@ -42,7 +42,7 @@ def bench_rows(cfg, rows: list[tuple[int, int]], steps: int) -> list[dict]:
                 "eval_every": 10**6, "checkpoint_every": 10**6, "max_minutes": None,
                 "run_name": f"w{workers}z{stage}", "storage_dir": Path(tmp),
                 "scaling": cfg.train.scaling.model_copy(update={"num_workers": workers}),
-                "data": cfg.train.data.model_copy(update={"eval_samples": 0,
+                "data": cfg.train.data.model_copy(update={"eval_samples": 0, "fit_gate": False,
                                                           "banks_dir": Path(tmp) / "banks"}),
             })
             run_cfg = cfg.model_copy(update={"train": t})
