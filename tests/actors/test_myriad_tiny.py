@@ -289,7 +289,7 @@ def test_model_dir_of_another_format_is_refused(model, tmp_path):
 
     out = save_model_dir(model, tmp_path / "m")
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["format_version"] = 1
+    manifest["format_version"] = 3  # trained on uncentred maps (before patchcore.lmm_map)
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"model directory format 1, this release reads 3; retrain"):
+    with pytest.raises(CheckpointError, match=r"model directory format 3, this release reads 4; retrain"):
         load_model_dir(out)
