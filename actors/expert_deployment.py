@@ -13,8 +13,9 @@ Thresholds are live: ``user_config = {"thresholds": {line: value}}`` overrides t
 calibrated threshold (or the config's) without a redeploy.
 
 Handle API: ``predict(image (S, S, 3) uint8, line) -> dict`` with ``score``, ``threshold``,
-``anomalous``, ``map`` ((S_e, S_e) float32 in [0, 1], background-centred, the threshold at
-0.5: ``patchcore.lmm_map``), ``ms``;
+``anomalous``, ``map`` ((S_e, S_e) float32 in [0, 1], background-centred, the bank's
+calibrated threshold at 0.5: ``patchcore.lmm_map``, as the LMM was trained; a live threshold
+moves the verdict, not the map), ``ms``;
 ``predict_many(images, line) -> [dict]`` the same for a batch in one forward pass.
 """
 
@@ -68,7 +69,7 @@ class LineExpert:
         out = self.expert.predict(to_batch(images, self.size, mean, std))
         ms = (time.perf_counter() - t0) * 1000.0 / max(1, len(images))
         return [{"line": self.line, "score": float(score), "threshold": thr, "anomalous": float(score) > thr,
-                 "map": lmm_map(amap, thr, self.meta.normal_level), "ms": ms}
+                 "map": lmm_map(amap, self.meta.threshold, self.meta.normal_level), "ms": ms}
                 for score, amap in zip(out.scores, out.anomaly_maps)]
 
     def health(self) -> dict:

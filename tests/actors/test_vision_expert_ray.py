@@ -25,3 +25,23 @@ def test_ray_shards_equal_unsharded(ray_cluster, tiny_cfg, tiny_bank):
         assert np.array_equal(na.ids, nb.ids) and np.array_equal(na.distances, nb.distances)
     finally:
         sharded.searcher.close()
+
+
+def test_line_expert_map_is_the_lmm_map_whatever_the_live_threshold(ray_cluster, tiny_cfg, tiny_bank):
+    """The deployment's map is what training fed the LMM (the bank's own threshold, centred);
+    a live threshold, even one under the bank's normal level, changes only the verdict."""
+    from actors.expert_deployment import LineExpert
+    from actors.modeling.patchcore import lmm_map
+    from actors.modeling.preprocess import to_batch
+
+    line = LineExpert("l1", str(tiny_bank), tiny_cfg.expert.model_dump(mode="json"), ".", {}, None)
+    try:
+        image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        raw = line.expert.predict(to_batch([image], line.size, *line.expert.mean_std))
+        want = lmm_map(raw.anomaly_maps[0], line.meta.threshold, line.meta.normal_level)
+        base = line.predict(image, None)
+        low = line.predict(image, line.meta.normal_level / 2)
+        assert np.array_equal(base["map"], want) and np.array_equal(low["map"], want)
+        assert low["anomalous"] is True and low["threshold"] == line.meta.normal_level / 2
+    finally:
+        line.expert.searcher.close()
