@@ -112,9 +112,10 @@ class DataSection(Strict):
     expert_concurrency: int = Field(default=1, ge=1)
     synth_cpus: float = Field(default=0.25, gt=0)
     eval_samples: int = Field(default=32, ge=0)  # synthetic held-out set for periodic eval
-    # Before step 0, fit the TPG gate's starting thresholds (model.tpg.gate_threshold,
-    # share_threshold) to `fit_gate_samples` synthetic samples of their own (training.gate_fit):
-    # the pair whose hard cell rule best reproduces the masks' grid positions (none on normals).
+    # Before step 0, fit the TPG gate's starting values (model.tpg.gate_threshold,
+    # share_threshold, share_base) to `fit_gate_samples` synthetic samples of their own
+    # (training.gate_fit): the triple whose hard cell rule best reproduces the masks' grid
+    # positions (none on normals).
     fit_gate: bool = False
     fit_gate_samples: int = Field(default=256, ge=8)
     seed: int = 0

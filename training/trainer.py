@@ -132,12 +132,15 @@ def fit_gate_thresholds(cfg, sources, banks, tok_dir: str | None, run_dir: Path)
         rows = ds.select_columns(["map", "positions"]).take_all()
         maps = np.stack([np.asarray(r["map"], np.float32) for r in rows])  # (N, H, W)
         positions = [[p for p in r["positions"].split("|") if p] for r in rows]
-        t, s, acc = fit_gate(maps, positions, tpg.grid, (tpg.gate_threshold, tpg.share_threshold))
-        fit = {"gate_threshold": t, "share_threshold": s, "rule_exact": acc, "samples": len(rows)}
+        t, s, a, acc = fit_gate(maps, positions, tpg.grid,
+                                (tpg.gate_threshold, tpg.share_threshold, tpg.share_base))
+        fit = {"gate_threshold": t, "share_threshold": s, "share_base": a, "rule_exact": acc,
+               "samples": len(rows)}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(fit, indent=2))
-    log.info("TPG gate starts at t %.3f, s %.3f (%s)", fit["gate_threshold"], fit["share_threshold"], path)
-    tpg = tpg.model_copy(update={k: fit[k] for k in ("gate_threshold", "share_threshold")})
+    keys = [k for k in ("gate_threshold", "share_threshold", "share_base") if k in fit]
+    log.info("TPG gate starts at %s (%s)", {k: fit[k] for k in keys}, path)
+    tpg = tpg.model_copy(update={k: fit[k] for k in keys})
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"tpg": tpg})})
 
 

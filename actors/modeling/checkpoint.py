@@ -26,10 +26,13 @@ from actors.modeling.tokenizer_tiny import load_tokenizer
 from actors.modeling.vit_preprocess import ViTPreprocessor
 from configs.model_schema import ModelConfig
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # 2: TPG cell-name tokens with their gate, VPG position embeddings (a v1 directory lacks them).
 # 3: the TPG gate's share-of-excess factor (two more scalars).
 # 4: trained on background-centred maps (``patchcore.lmm_map``); a v3 model read uncentred ones.
+# 5: the TPG gate opens on the map's peak and counts a cell's share above a base between the
+#    map's median and its peak (``share_base``, one more scalar); v4 gated each cell's own
+#    peak and counted the share above the threshold.
 WEIGHTS_FILE = "model.safetensors"
 
 

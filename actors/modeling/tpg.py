@@ -6,19 +6,23 @@ input after the projected Q-Former tokens.
 
 Where: a conv token alone says *how* anomalous its cell looks, not *which* cell it is (the
 LLM only sees its rank in the sequence). Each cell token therefore also carries a
-cell-name vector gated by the cell's peak map value and by its share of the map's excess
-over the threshold::
+cell-name vector, gated by the map's peak and by the cell's share of the defect's mass::
 
-    token_c = proj(conv_c) + sigmoid(k * (max(m in c) - t)) * sigmoid(k_s * (share_c - s)) * name_c
-    share_c = sum(relu(m - t) in c) / sum(relu(m - t))
+    token_c = proj(conv_c) + sigmoid(k * (max(m) - t)) * sigmoid(k_s * (share_c - s)) * name_c
+    share_c = sum(relu(m - b) in c) / sum(relu(m - b)),   b = med(m) + a * (max(m) - med(m))
 
-The normalized map puts the expert's threshold at 0.5, so the gate starts there (``t = 0.5``,
-``k = 12``): a cell above the threshold carries its name, a normal cell almost none. The
-share factor mirrors the answer's own rule (``grid.mask_to_positions``: a cell is named when
-it holds at least 10% of the defect), so the blurred rim of a defect that spills into a
-neighbouring cell does not name that cell (``s = 0.1``, ``k_s = 40``); all four are learned.
-``t`` and ``s`` start from ``TPGConfig`` (``gate_threshold``, ``share_threshold``), which
-training can refit on its own maps before step 0 (``training.gate_fit``).
+The normalized map puts the expert's threshold at 0.5, so the first factor starts there
+(``t = 0.5``, ``k = 12``): on an image whose map passes the threshold, names are on; on a
+normal image, almost none. The share factor mirrors the answer's own rule
+(``grid.mask_to_positions``: a cell is named when it holds at least 10% of the defect;
+``s = 0.1``, ``k_s = 40``), so the blurred rim of a defect that spills into a neighbouring
+cell does not name that cell. The mass is counted above a base ``b`` a fraction ``a`` of the
+way from the map's background (its median) to its peak, so a faint defect is measured by its
+own shape as a strong one is: over a fixed base (the threshold), a defect peaking just above
+it kept only its hottest cell and lost the cell holding its tail, and real defects were named
+one cell short (closing note, issue 4). ``t``, ``s`` and ``a`` start from ``TPGConfig``
+(``gate_threshold``, ``share_threshold``, ``share_base``), which training can refit on its
+own maps before step 0 (``training.gate_fit``); all five are learned.
 ``MyriadModel`` initialises ``name_c`` with the LLM's own embedding of the cell's grid label
 ("top left", ...), so a suspicious cell reads to the LLM as the word for its position, the
 word the answer has to contain.
@@ -42,11 +46,13 @@ class TextualPromptGenerator(nn.Module):
         self.learned = nn.Parameter(torch.randn(1, config.num_learned, llm_width) * 0.02)
         self.cell_names = nn.Parameter(torch.randn(config.grid**2, llm_width) * 0.02)
         # Starting values from the config (0.5: the expert threshold on the map; 0.1: the
-        # answer's 10% rule), refit on training maps by `train.data.fit_gate`.
+        # answer's 10% rule; the share's base between background and peak), refit on
+        # training maps by `train.data.fit_gate`.
         self.gate_threshold = nn.Parameter(torch.tensor([config.gate_threshold]))
         self.gate_sharpness = nn.Parameter(torch.tensor([12.0]))
         self.share_threshold = nn.Parameter(torch.tensor([config.share_threshold]))
         self.share_sharpness = nn.Parameter(torch.tensor([40.0]))
+        self.share_base = nn.Parameter(torch.tensor([config.share_base]))
         self.num_tokens = config.grid**2 + config.num_learned
 
     @torch.no_grad()
@@ -56,22 +62,28 @@ class TextualPromptGenerator(nn.Module):
             raise ValueError(f"cell names {tuple(names.shape)} != {tuple(self.cell_names.shape)}")
         self.cell_names.copy_(names.to(self.cell_names.dtype))
 
-    def cell_gate(self, level: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-        """How much of its name a cell carries, in (0, 1), from its peak map value ``level``
-        and its ``share`` of the map's excess over the threshold."""
-        peak = torch.sigmoid(self.gate_sharpness * (level - self.gate_threshold))
-        return peak * torch.sigmoid(self.share_sharpness * (share - self.share_threshold))
+    def cell_gate(self, peak: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        """How much of its name a cell carries, in (0, 1), from the map's ``peak`` (broadcast
+        against ``share``) and the cell's ``share`` of the defect's mass (``cell_share``)."""
+        on = torch.sigmoid(self.gate_sharpness * (peak - self.gate_threshold))
+        return on * torch.sigmoid(self.share_sharpness * (share - self.share_threshold))
 
     def cell_share(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) -> (B, grid**2): each cell's share of ``sum(relu(m - t))`` (0 if none)."""
-        excess = F.relu(maps - self.gate_threshold)
+        """(B, 1, H, W) -> (B, grid**2): each cell's share of ``sum(relu(m - b))``, with the
+        base ``b`` a fraction ``share_base`` of the way from the map's median to its peak
+        (0 everywhere for a flat map)."""
+        flat = maps.flatten(1)  # (B, H*W)
+        background = flat.median(dim=1).values  # (B,)
+        peak = flat.amax(dim=1)
+        base = background + self.share_base * (peak - background)
+        excess = F.relu(maps - base[:, None, None, None])
         mass = F.adaptive_avg_pool2d(excess, self.convs.grid).flatten(1)  # (B, 9)
         return mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-6)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, grid**2 + num_learned, D_llm) VE tokens (18 by default)."""
         tokens = self.proj(self.convs(maps))  # (B, 9, D)
-        level = F.adaptive_max_pool2d(maps, self.convs.grid).flatten(1)  # (B, 9) in [0, 1]
-        gate = self.cell_gate(level, self.cell_share(maps)).unsqueeze(-1).to(tokens.dtype)
+        peak = maps.flatten(1).amax(dim=1, keepdim=True)  # (B, 1) in [0, 1]
+        gate = self.cell_gate(peak, self.cell_share(maps)).unsqueeze(-1).to(tokens.dtype)
         tokens = tokens + gate * self.cell_names
         return torch.cat([tokens, self.learned.expand(tokens.shape[0], -1, -1)], dim=1)

@@ -252,12 +252,13 @@ def test_tpg_cell_tokens_name_their_grid_cell(model):
     with torch.no_grad():
         share = model.tpg.cell_share(hot)[0]
         hot_gate = float(model.tpg.cell_gate(torch.tensor(0.8), share[0]))
+        rest_gate = float(model.tpg.cell_gate(torch.tensor(0.8), torch.tensor(0.0)))
         cold_gate = float(model.tpg.cell_gate(torch.tensor(0.0), torch.tensor(0.0)))
     torch.testing.assert_close(share, torch.eye(9)[0])  # all of the excess is in the top left
-    assert hot_gate > 0.95 and cold_gate < 0.01  # the gate opens at the threshold (0.5)
+    assert hot_gate > 0.95 and rest_gate < 0.02 and cold_gate < 0.01  # opens at the threshold (0.5)
     names = model.tpg.cell_names.detach()
     torch.testing.assert_close(t_hot[0, 0] - conv_hot[0, 0], hot_gate * names[0])
-    torch.testing.assert_close(t_hot[0, 1:9] - conv_hot[0, 1:9], cold_gate * names[1:9])
+    torch.testing.assert_close(t_hot[0, 1:9] - conv_hot[0, 1:9], rest_gate * names[1:9])
     cold_conv = model.tpg.proj(model.tpg.convs(cold))[0]
     torch.testing.assert_close(t_cold[0, :9] - cold_conv, cold_gate * names)
     with torch.no_grad():
@@ -275,13 +276,29 @@ def test_tpg_gate_drops_a_cell_the_defect_only_grazes(model):
     with torch.no_grad():
         share = model.tpg.cell_share(maps)[0]
         level = torch.nn.functional.adaptive_max_pool2d(maps, 3).flatten(1)[0]
-        gate = model.tpg.cell_gate(level, share)
+        gate = model.tpg.cell_gate(maps.max(), share)
     assert share[1] < 0.05 and level[1] > 0.55
     assert gate[0] > 0.95 and gate[1] < 0.2
     maps[..., :third, third:] = 0.9  # now the defect covers the top cell too
     with torch.no_grad():
-        gate = model.tpg.cell_gate(torch.nn.functional.adaptive_max_pool2d(maps, 3).flatten(1)[0], model.tpg.cell_share(maps)[0])
+        gate = model.tpg.cell_gate(maps.max(), model.tpg.cell_share(maps)[0])
     assert gate[0] > 0.95 and gate[1] > 0.95
+
+
+def test_tpg_gate_names_a_faint_defects_tail_under_the_threshold(model):
+    """A faint defect (peak 0.6 over a 0.3 background) whose tail fills the next cell at 0.5:
+    over a fixed base at the threshold (0.5) the tail holds no mass and its cell went unnamed;
+    counted from a base between background and peak (``share_base`` 0.45 -> 0.435), the tail
+    holds ~28% of the defect and both cells are named, with no other cell."""
+    maps = torch.full((1, 1, S, S), 0.3)
+    third = S // 3
+    maps[..., :third, :third] = 0.6  # the defect's core, top left
+    maps[..., :third, third : 2 * third] = 0.5  # its tail, the top cell
+    with torch.no_grad():
+        share = model.tpg.cell_share(maps)[0]
+        gate = model.tpg.cell_gate(maps.max(), share)
+    assert 0.2 < share[1] < 0.35 and share[0] == pytest.approx(1 - share[1])
+    assert gate[0] > 0.7 and gate[1] > 0.7 and gate[2:].max() < 0.02
 
 
 def test_model_dir_of_another_format_is_refused(model, tmp_path):
@@ -289,7 +306,7 @@ def test_model_dir_of_another_format_is_refused(model, tmp_path):
 
     out = save_model_dir(model, tmp_path / "m")
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["format_version"] = 3  # trained on uncentred maps (before patchcore.lmm_map)
+    manifest["format_version"] = 4  # its TPG gate counted the share above the threshold
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"model directory format 3, this release reads 4; retrain"):
+    with pytest.raises(CheckpointError, match=r"model directory format 4, this release reads 5; retrain"):
         load_model_dir(out)
