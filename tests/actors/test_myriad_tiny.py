@@ -255,7 +255,7 @@ def test_tpg_cell_tokens_name_their_grid_cell(model):
         rest_gate = float(model.tpg.cell_gate(torch.tensor(0.8), torch.tensor(0.0)))
         cold_gate = float(model.tpg.cell_gate(torch.tensor(0.0), torch.tensor(0.0)))
     torch.testing.assert_close(share, torch.eye(9)[0])  # all of the excess is in the top left
-    assert hot_gate > 0.95 and rest_gate < 0.02 and cold_gate < 0.01  # opens at the threshold (0.5)
+    assert hot_gate > 0.95 and rest_gate < 0.02 and cold_gate == 0  # opens at the threshold (0.5)
     names = model.tpg.cell_names.detach()
     torch.testing.assert_close(t_hot[0, 0] - conv_hot[0, 0], hot_gate * names[0])
     torch.testing.assert_close(t_hot[0, 1:9] - conv_hot[0, 1:9], rest_gate * names[1:9])
@@ -299,6 +299,9 @@ def test_tpg_gate_names_a_faint_defects_tail_under_the_threshold(model):
         gate = model.tpg.cell_gate(maps.max(), share)
     assert 0.2 < share[1] < 0.35 and share[0] == pytest.approx(1 - share[1])
     assert gate[0] > 0.7 and gate[1] > 0.7 and gate[2:].max() < 0.02
+    maps[..., :third, :third] = 0.45  # the same shape under the threshold: no name at all
+    with torch.no_grad():
+        assert model.tpg.cell_gate(maps.max(), model.tpg.cell_share(maps)[0]).max() == 0
 
 
 def test_model_dir_of_another_format_is_refused(model, tmp_path):
