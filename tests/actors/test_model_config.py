@@ -68,7 +68,7 @@ def test_paper_builds_on_meta_with_expected_shapes_and_counts():
         return n
     adapter = 2 * enc + enc * 256 + 256 + 256 * enc + enc
     vpg = convs((32, 64, 128, 256)) + 256 * 768 + 768 + 49 * 768  # + position embeddings
-    tpg = convs((32, 64, 128, 256)) + 256 * 4096 + 4096 + 9 * 4096 + 9 * 4096 + 4  # + cell names, gate (peak and share)
+    tpg = convs((32, 64, 128, 256)) + 256 * 4096 + 4096 + 9 * 4096 + 9 * 4096 + 5  # + cell names, gate (peak, share, base)
     map_channel = 1408 * 14 * 14
     projection = 768 * 4096 + 4096
     assert counts["trainable"] == adapter + vpg + tpg + map_channel + projection
