@@ -137,6 +137,12 @@ def model_for_demo(args, cfg, existing: Path | None) -> Path | None:
           "`myriad train`; ~4-7 s per step on 2 cores plus ~1-2 min of setup)", flush=True)
     t0 = time.perf_counter()
     overrides = [*args.overrides, f"train.max_steps={args.train_steps}"]
+    if not any(o.startswith("train.run_name=") for o in args.overrides):
+        # Its own run per model format: a checkpoint left by an older release's demo has
+        # another parameter layout and cannot be resumed (`trainer.check_resumable`).
+        from actors.modeling.checkpoint import FORMAT_VERSION
+
+        overrides.append(f"train.run_name=demo-format{FORMAT_VERSION}")
     train_cfg = config_from_args(argparse.Namespace(config=args.config, overrides=overrides))
     from configs.train_schema import data_root
     from training.textures import build_textures

@@ -169,6 +169,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch
 
+    from actors.modeling.checkpoint import FORMAT_VERSION
     from actors.modeling.myriad import build_myriad
     from configs import load_config
     from training.engine import make_engine
@@ -191,6 +192,7 @@ def train_loop_per_worker(config: dict) -> None:
     engine = make_engine(model, t, world)
     state = _restore(engine, config)
     state["world_size"] = world
+    state["model_format"] = FORMAT_VERSION  # what `trainer.check_resumable` compares
     if state["step"]:
         log.info("rank %d: resumed at step %d", rank, state["step"])
         if rank == 0:

@@ -68,6 +68,7 @@ def build_trainer(cfg, extra: dict | None = None):
     world = t.scaling.num_workers
     storage = storage_dir(cfg)
     resume = latest_checkpoint(storage / t.run_name)
+    check_resumable(resume, storage / t.run_name)
     start_step = resume[1]["step"] if resume else 0
     sources, banks = prepare(cfg)
     tok_dir = tokenizer_dir(cfg)
@@ -112,6 +113,22 @@ def build_trainer(cfg, extra: dict | None = None):
             execution_options=ray.data.ExecutionOptions(preserve_order=True)),
     )
     return trainer, resume
+
+
+def check_resumable(resume: tuple[Path, dict] | None, run_dir: Path) -> None:
+    """Refuse to resume a checkpoint written for another model layout (``FORMAT_VERSION``):
+    DeepSpeed would fail deep in its loader on the first worker, with no hint at the cause."""
+    from actors.modeling.checkpoint import FORMAT_VERSION
+    from actors.modeling.lmm_errors import CheckpointError
+
+    if resume is None:
+        return
+    have = resume[1].get("model_format")
+    if have != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{run_dir}: its latest checkpoint ({resume[0].name}) trained a model of format "
+            f"{have if have is not None else '4 or older'}; this release trains format {FORMAT_VERSION} and "
+            f"cannot resume it. Start a new run (--set train.run_name=NEW) or delete {run_dir}")
 
 
 def fit_gate_thresholds(cfg, sources, banks, tok_dir: str | None, run_dir: Path):

@@ -67,6 +67,37 @@ def test_rerun_resumes_from_latest_checkpoint(zero2_run):
     assert [r["step"] for r in recs if "loss" in r][-2:] == [7, 8]
 
 
+def test_checkpoint_of_another_model_format_is_refused(zero2_run, tmp_path):
+    """A run's checkpoint records the model format it trained; a checkpoint of another format
+    (another parameter layout, e.g. an older release's run of the same name) is refused on
+    the driver, naming the run, before any worker tries to load it."""
+    import json
+    import shutil
+
+    from actors.modeling.checkpoint import FORMAT_VERSION
+    from actors.modeling.lmm_errors import CheckpointError
+    from configs.train_schema import storage_dir
+    from training.engine import STATE_FILE, latest_checkpoint
+    from training.trainer import check_resumable, run_training
+
+    cfg, _ = zero2_run
+    run_dir = storage_dir(cfg) / cfg.train.run_name
+    found = latest_checkpoint(run_dir)
+    assert found[1]["model_format"] == FORMAT_VERSION
+    check_resumable(found, run_dir)  # its own format: resumable
+    old_dir = tmp_path / "old"
+    shutil.copytree(found[0], old_dir / found[0].name)
+    state = dict(found[1])
+    del state["model_format"]  # written before checkpoints recorded it
+    (old_dir / found[0].name / STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=r"format 4 or older; this release trains format \d+ .*train.run_name"):
+        check_resumable(latest_checkpoint(old_dir), old_dir)
+    older = cfg.model_copy(update={"train": cfg.train.model_copy(update={"storage_dir": str(tmp_path),
+                                                                          "run_name": "old"})})
+    with pytest.raises(CheckpointError, match="old"):
+        run_training(older)
+
+
 def test_export_loads_and_answers(zero2_run):
     import numpy as np
 
