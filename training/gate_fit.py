@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from actors.modeling.grid import GRID_LABELS
+from actors.modeling.tpg import cell_shares
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,6 @@ GATE_ID_OFFSET = 2_000_000_000  # gate-fit ids never collide with training or ev
 T_GRID = tuple(np.round(np.arange(0.30, 0.701, 0.025), 3))
 S_GRID = tuple(np.round(np.arange(0.05, 0.401, 0.025), 3))
 A_GRID = tuple(np.round(np.arange(0.0, 0.801, 0.05), 3))
-
-
-def cell_shares(maps: torch.Tensor, a: float, grid: int = 3) -> torch.Tensor:
-    """(N, 1, H, W) -> (N, grid**2): each cell's share of the mass above ``median + a * (peak
-    - median)`` (the TPG's ``cell_share`` with ``share_base = a``; 0 for a flat map)."""
-    flat = maps.flatten(1)
-    background = flat.median(dim=1).values
-    base = background + a * (flat.amax(dim=1) - background)
-    mass = F.adaptive_avg_pool2d(F.relu(maps - base[:, None, None, None]), grid).flatten(1)
-    return mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def cell_rule(maps: torch.Tensor, t: float, s: float, a: float, grid: int = 3) -> torch.Tensor:

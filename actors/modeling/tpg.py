@@ -40,6 +40,18 @@ from actors.modeling.vpg import MapConvStack
 from configs.model_schema import TPGConfig
 
 
+def cell_shares(maps: torch.Tensor, base_fraction: float | torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, grid**2): each cell's share of ``sum(relu(m - b))``, with the base
+    ``b`` a fraction ``base_fraction`` of the way from the map's median to its peak (0
+    everywhere for a flat map). The TPG's gate and ``training.gate_fit``'s hard rule."""
+    flat = maps.flatten(1)  # (B, H*W)
+    background = flat.median(dim=1).values  # (B,)
+    base = background + base_fraction * (flat.amax(dim=1) - background)
+    excess = F.relu(maps - base[:, None, None, None])
+    mass = F.adaptive_avg_pool2d(excess, grid).flatten(1)  # (B, grid**2)
+    return mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-6)
+
+
 class TextualPromptGenerator(nn.Module):
     def __init__(self, config: TPGConfig, llm_width: int) -> None:
         super().__init__()
@@ -72,16 +84,8 @@ class TextualPromptGenerator(nn.Module):
         return on * torch.sigmoid(self.share_sharpness * (share - self.share_threshold))
 
     def cell_share(self, maps: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) -> (B, grid**2): each cell's share of ``sum(relu(m - b))``, with the
-        base ``b`` a fraction ``share_base`` of the way from the map's median to its peak
-        (0 everywhere for a flat map)."""
-        flat = maps.flatten(1)  # (B, H*W)
-        background = flat.median(dim=1).values  # (B,)
-        peak = flat.amax(dim=1)
-        base = background + self.share_base * (peak - background)
-        excess = F.relu(maps - base[:, None, None, None])
-        mass = F.adaptive_avg_pool2d(excess, self.convs.grid).flatten(1)  # (B, 9)
-        return mass / mass.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        """(B, 1, H, W) -> (B, grid**2): ``cell_shares`` at the learned ``share_base``."""
+        return cell_shares(maps, self.share_base, self.convs.grid)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, grid**2 + num_learned, D_llm) VE tokens (18 by default)."""
