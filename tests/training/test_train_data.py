@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -182,3 +185,24 @@ def test_scratch_styles_are_drawn_per_scratch(tiny_dataset, monkeypatch):
     assert seen == first
     with pytest.raises(ConfigError, match="scratch_styles"):
         load_config("tiny", ["train.data.scratch_styles=[etched]"])
+
+
+def test_fold_banks_are_fit_without_their_own_fold(tiny_dataset, tmp_path):
+    """Cross-fitting (``train.data.expert_folds``): bank f is fit on exactly the images
+    outside fold f (the images it will draw are unseen by it); a second call reuses them."""
+    from training.expert_banks import KEY_FILE, _key, fit_fold_banks
+
+    folds = 4
+    cfg = data_cfg(tiny_dataset, tmp_path, **{"data.expert_folds": folds})
+    sources = list_sources(tiny_dataset, ("stripes",), (), folds)
+    banks = fit_fold_banks(cfg, sources, tmp_path / "banks")
+    assert sorted(banks) == [("stripes", f) for f in range(folds)]
+    for f in range(folds):
+        outside = [s.path for s in sources if s.fold != f]
+        assert 0 < len(outside) < len(sources)
+        fit = json.loads((Path(banks[("stripes", f)]) / KEY_FILE).read_text())
+        assert fit == {"key": _key(cfg, outside), "images": len(outside)}
+
+    stamp = {f: (Path(b) / KEY_FILE).stat().st_mtime_ns for f, b in banks.items()}
+    assert fit_fold_banks(cfg, sources, tmp_path / "banks") == banks
+    assert {f: (Path(b) / KEY_FILE).stat().st_mtime_ns for f, b in banks.items()} == stamp
