@@ -2,9 +2,11 @@
 
 A bank scores its own fit images unrealistically well (their patches are in it), so a map
 drawn on a training image by the category's full bank looks nothing like the map of an
-unseen test image. With ``expert_folds = k`` each category gets k banks, bank f fit on the
-images *not* in fold f, and an image of fold f is scored by bank f: every training map is
-the map of an image its expert has never seen, as at test time. Banks are cached under
+unseen test image. With ``expert_folds = k`` each category gets up to k banks (one per fold
+that holds images), bank f fit on the images *not* in fold f, and an image of fold f is
+scored by bank f: every training map is the map of an image its expert has never seen, as
+at test time. More folds make the banks nearer the deployed one (fit on every image): on
+the texture benchmark, 2 folds drew normal maps ~0.03 warmer than unseen normals' (8 do not). Banks are cached under
 ``<banks_dir>/<category>/fold<f>`` and refit when the expert config or the images change.
 """
 
@@ -36,7 +38,7 @@ def fit_fold_banks(cfg, sources: list[Source], out: Path, progress: bool = False
     banks: dict[tuple[str, int], str] = {}
     for category in sorted({s.category for s in sources}):
         mine = [s for s in sources if s.category == category]
-        for f in range(folds):
+        for f in sorted({s.fold for s in mine}):  # a fold without images needs no bank
             fit = [s.path for s in mine if folds == 1 or s.fold != f]
             if not fit:
                 raise ValueError(f"category {category!r}: too few images for {folds} expert folds")

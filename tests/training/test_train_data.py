@@ -206,3 +206,6 @@ def test_fold_banks_are_fit_without_their_own_fold(tiny_dataset, tmp_path):
     stamp = {f: (Path(b) / KEY_FILE).stat().st_mtime_ns for f, b in banks.items()}
     assert fit_fold_banks(cfg, sources, tmp_path / "banks") == banks
     assert {f: (Path(b) / KEY_FILE).stat().st_mtime_ns for f, b in banks.items()} == stamp
+
+    few = fit_fold_banks(cfg, sources[:3], tmp_path / "few")  # fewer images than folds
+    assert sorted(few) == [("stripes", f) for f in range(3)]  # no bank for the empty fold
