@@ -6,8 +6,9 @@ unseen test image. With ``expert_folds = k`` each category gets up to k banks (o
 that holds images), bank f fit on the images *not* in fold f, and an image of fold f is
 scored by bank f: every training map is the map of an image its expert has never seen, as
 at test time. More folds make the banks nearer the deployed one (fit on every image): on
-the texture benchmark, 2 folds drew normal maps ~0.03 warmer than unseen normals' (8 do not). Banks are cached under
-``<banks_dir>/<category>/fold<f>`` and refit when the expert config or the images change.
+the texture benchmark, 2 folds drew normal maps ~0.03 warmer than unseen normals' (8 do
+not). Banks are cached under ``<banks_dir>/<category>/fold<f>`` and refit when the expert
+config or the images change.
 """
 
 from __future__ import annotations
